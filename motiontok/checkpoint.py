@@ -1,0 +1,96 @@
+"""Checkpoint files: weights in safetensors, config as JSON, trainer state (optimizer, RNG) via torch.save.
+
+A checkpoint is a directory. It is written into a temporary sibling and renamed into place, so a crash never
+leaves a half-written checkpoint under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from motiontok.errors import CheckpointError
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+TRAINER_STATE = "trainer_state.pt"
+
+
+def save_checkpoint(
+    path: str | Path,
+    tensors: dict[str, torch.Tensor],
+    config: dict[str, Any],
+    trainer_state: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``path/`` = weights + config (+ trainer state) atomically; replaces an existing checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / WEIGHTS))
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        if trainer_state is not None:
+            torch.save(trainer_state, tmp / TRAINER_STATE)
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", trainer_state: bool = False
+) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any] | None]:
+    """Read a checkpoint directory -> (tensors, config, trainer state or None)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such checkpoint directory")
+    for name in (WEIGHTS, CONFIG):
+        if not (path / name).is_file():
+            raise CheckpointError(f"{path}: missing {name}; not a motiontok checkpoint")
+    try:
+        config = json.loads((path / CONFIG).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path / CONFIG}: corrupt JSON ({err})") from None
+    try:
+        tensors = load_file(str(path / WEIGHTS), device=str(map_location))
+    except (SafetensorError, OSError, RuntimeError, ValueError) as err:
+        raise CheckpointError(f"{path / WEIGHTS}: corrupt weights file ({err})") from None
+    state = None
+    if trainer_state:
+        if not (path / TRAINER_STATE).is_file():
+            raise CheckpointError(f"{path}: missing {TRAINER_STATE}; cannot resume training from it")
+        try:
+            state = torch.load(path / TRAINER_STATE, map_location=map_location, weights_only=False)
+        except (OSError, RuntimeError, EOFError) as err:
+            raise CheckpointError(f"{path / TRAINER_STATE}: corrupt trainer state ({err})") from None
+    return tensors, config, state
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Replace a small text file atomically (used for the ``latest`` pointer)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,325 @@
+"""LAFAN trajectory networks of DAPS (paper appendix G and G.1).
+
+Recognition model q(z | x):
+    x (B, L, F) -> TrajectoryEncoder: conv1d resample L -> T, positional embedding, transformer encoder
+    -> memory (B, T, H) -> posterior head: ARPosterior (autoregressive, cross-attention to the memory,
+    KV cache for sampling) or NAPosterior (independent categorical per position, "DAPS-NA")
+    -> logits (B, T, V) over the V codes at each of the T latent positions.
+Generative model p(x | z):
+    z (B, T) tokens, or (B, T, V) soft one-hot, or (B, T, H) continuous codes -> TrajectoryDecoder:
+    embeddings, positional embedding, transformer encoder, conv1d resample T -> L, linear -> mean (B, L, F)
+    and a learnable per-feature variance (F,) clipped to [0.01, 1].
+
+Shapes: B batch, L frames per window, F features per frame, T latent positions (block size),
+V vocabulary size, H embed_dim.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from motiontok.nets.transformer import TransformerDecoder, TransformerEncoder
+
+
+@dataclass
+class TrajectoryNetConfig:
+    """Hyperparameters of the trajectory networks; defaults are the paper's LAFAN values (G.1)."""
+
+    feature_dim: int = 127
+    """F: features per frame (H1 relative-pose layout)."""
+    length: int = 32
+    """L: frames per window (trajectory segment length)."""
+    block_size: int = 64
+    """T: latent positions (tokens per window); 2*length, length or length//2."""
+    vocab_size: int = 1024
+    """V: number of codes each latent position can take."""
+    embed_dim: int = 128
+    """H: transformer width (token, positional and memory embeddings)."""
+    num_heads: int = 4
+    """Attention heads per layer; must divide embed_dim."""
+    num_layers: int = 2
+    """Transformer blocks in each encoder / decoder stack."""
+    mlp_ratio: float = 4
+    """MLP hidden width as a multiple of embed_dim."""
+    dropout: float = 0.0
+    """Dropout on embeddings, attention weights and residual branches."""
+
+    def __post_init__(self) -> None:
+        for name in ("feature_dim", "length", "block_size", "vocab_size", "embed_dim", "num_heads"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.num_layers < 0 or self.mlp_ratio <= 0:
+            raise ValueError("num_layers must be >= 0 and mlp_ratio > 0")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.embed_dim % self.num_heads != 0:
+            raise ValueError(f"embed_dim {self.embed_dim} not divisible by num_heads {self.num_heads}")
+        if not (
+            self.block_size in (2 * self.length, self.length)
+            or (self.length % 2 == 0 and self.block_size == self.length // 2)
+        ):
+            raise ValueError(
+                f"block_size must be 2*length, length or length//2 (length={self.length}), "
+                f"got {self.block_size}"
+            )
+
+
+def _resample(in_channels: int, out_channels: int, in_len: int, out_len: int) -> nn.Module:
+    """1D conv mapping (B, in_channels, in_len) -> (B, out_channels, out_len); length ratio 2, 1 or 1/2."""
+    if out_len == 2 * in_len:  # paper: stride 2, kernel 4
+        return nn.ConvTranspose1d(in_channels, out_channels, kernel_size=4, stride=2, padding=1)
+    if 2 * out_len == in_len:
+        return nn.Conv1d(in_channels, out_channels, kernel_size=4, stride=2, padding=1)
+    if out_len == in_len:
+        return nn.Conv1d(in_channels, out_channels, kernel_size=3, stride=1, padding=1)
+    raise ValueError(f"cannot resample length {in_len} -> {out_len}")
+
+
+def _init_weights(module: nn.Module) -> None:
+    """nanoGPT-style init: N(0, 0.02) for linear and embedding weights, zero biases."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+
+def categorical_log_prob(logits: Tensor, tokens: Tensor) -> Tensor:
+    """logits (B, T, V), tokens (B, T) long -> (B,): sum over T of log-softmax at the tokens."""
+    B, T, V = logits.shape
+    nll = F.cross_entropy(logits.reshape(B * T, V), tokens.reshape(B * T), reduction="none")
+    return -nll.view(B, T).sum(-1)
+
+
+def categorical_entropy(logits: Tensor) -> Tensor:
+    """logits (B, T, V) -> (B,): sum over T of the per-position categorical entropy."""
+    logp = F.log_softmax(logits, dim=-1)  # (B, T, V)
+    return -(logp.exp() * logp).sum(-1).sum(-1)
+
+
+def sample_categorical(
+    logits: Tensor, greedy: bool = False, temperature: float = 1.0, generator: torch.Generator | None = None
+) -> Tensor:
+    """Draw one code per row: logits (..., V) -> (...) long, argmax if greedy else Gumbel-max.
+
+    Gumbel-max: argmax(logits / temperature + G), G = -log(-log U), U ~ Uniform[0, 1) drawn in float32
+    from ``generator`` (which must live on the logits' device): equal logits and generator states give
+    equal samples, whatever loop the caller runs. (On CPU this is ~2x faster than ``exponential_``.)
+    """
+    if greedy:
+        return logits.argmax(-1)
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float32)
+    neg_gumbel = u.log_().neg_().log_()  # log(-log U) = -G; U = 0 gives +inf: never picked
+    return (logits.float() / temperature - neg_gumbel).argmax(-1)
+
+
+def gaussian_log_prob(x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
+    """Normal log density summed over all but the batch dim: x, mean (B, L, F), var (F,) -> (B,)."""
+    logp = -0.5 * (math.log(2 * math.pi) + torch.log(var) + (x - mean) ** 2 / var)  # (B, L, F)
+    return logp.flatten(1).sum(-1)
+
+
+# -----------------------------------------------------------------------------
+# recognition model: context encoder
+
+
+class TrajectoryEncoder(nn.Module):
+    """x (B, L, F), standardized -> memory (B, T, H) for the posterior heads."""
+
+    def __init__(self, cfg: TrajectoryNetConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.resample = _resample(cfg.feature_dim, cfg.embed_dim, cfg.length, cfg.block_size)
+        self.pos_emb = nn.Parameter(torch.zeros(cfg.block_size, cfg.embed_dim))
+        self.drop = nn.Dropout(cfg.dropout)
+        self.encoder = TransformerEncoder(
+            cfg.embed_dim, cfg.num_heads, cfg.num_layers, cfg.mlp_ratio, cfg.dropout
+        )
+        self.apply(_init_weights)
+        nn.init.normal_(self.pos_emb, std=0.02)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.resample(x.transpose(1, 2)).transpose(1, 2)  # (B, L, F) -> (B, T, H)
+        h = self.drop(h + self.pos_emb)  # (B, T, H)
+        return self.encoder(h)  # (B, T, H)
+
+
+# -----------------------------------------------------------------------------
+# recognition model: posterior heads q(z | x) given the memory
+
+
+class Posterior(nn.Module):
+    """Interface of the posterior heads over T positions with V codes each."""
+
+    vocab_size: int
+    block_size: int
+
+    def logits(self, memory: Tensor, tokens: Tensor) -> Tensor:
+        """Teacher-forced logits of q(z_t | z_<t, x): memory (B, T, H), tokens (B, T) -> (B, T, V)."""
+        raise NotImplementedError
+
+    def sample(
+        self,
+        memory: Tensor,
+        greedy: bool = False,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+    ) -> Tensor:
+        """Draw z ~ q(. | x) (or its greedy mode): memory (B, T, H) -> tokens (B, T) long."""
+        raise NotImplementedError
+
+    def forward(self, memory: Tensor, tokens: Tensor) -> Tensor:
+        return self.logits(memory, tokens)  # (B, T, V)
+
+    def log_prob(self, memory: Tensor, tokens: Tensor) -> Tensor:
+        """log q(z | x) summed over the T positions: -> (B,)."""
+        return categorical_log_prob(self.logits(memory, tokens), tokens)
+
+    def entropy(self, memory: Tensor, tokens: Tensor) -> Tensor:
+        """Sum over positions of the teacher-forced per-position entropy: -> (B,)."""
+        return categorical_entropy(self.logits(memory, tokens))
+
+
+class ARPosterior(Posterior):
+    """Autoregressive head: causal self-attention over previous codes + cross-attention to the memory.
+
+    Position t is predicted from [BOS, z_0, ..., z_{t-1}]; BOS is token index V of the embedding table.
+    """
+
+    def __init__(self, cfg: TrajectoryNetConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.vocab_size = cfg.vocab_size
+        self.block_size = cfg.block_size
+        self.bos = cfg.vocab_size
+        self.tok_emb = nn.Embedding(cfg.vocab_size + 1, cfg.embed_dim)
+        self.pos_emb = nn.Parameter(torch.zeros(cfg.block_size, cfg.embed_dim))
+        self.drop = nn.Dropout(cfg.dropout)
+        self.decoder = TransformerDecoder(
+            cfg.embed_dim, cfg.num_heads, cfg.num_layers, cfg.mlp_ratio, cfg.dropout
+        )
+        self.head = nn.Linear(cfg.embed_dim, cfg.vocab_size)  # after the decoder's final LayerNorm
+        self.apply(_init_weights)
+        nn.init.normal_(self.pos_emb, std=0.02)
+
+    def _shift_right(self, tokens: Tensor) -> Tensor:
+        bos = tokens.new_full((tokens.shape[0], 1), self.bos)
+        return torch.cat((bos, tokens[:, :-1]), dim=1)  # (B, T): [BOS, z_0, ..., z_{T-2}]
+
+    def logits(self, memory: Tensor, tokens: Tensor) -> Tensor:
+        T = tokens.shape[1]
+        h = self.drop(self.tok_emb(self._shift_right(tokens)) + self.pos_emb[:T])  # (B, T, H)
+        h = self.decoder(h, memory)  # (B, T, H)
+        return self.head(h)  # (B, T, V)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        memory: Tensor,
+        greedy: bool = False,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+    ) -> Tensor:
+        """T decoding steps. ``use_cache=False`` re-runs the whole prefix each step (slow reference)."""
+        B, T = memory.shape[0], self.block_size
+        tokens = torch.empty(B, T, dtype=torch.long, device=memory.device)  # (B, T)
+        if not use_cache:
+            for t in range(T):
+                logits = self.logits(memory, tokens[:, : t + 1])[:, -1]  # (B, V); z_t itself is unused
+                tokens[:, t] = sample_categorical(logits, greedy, temperature, generator)
+            return tokens
+        cache = self.decoder.new_cache(memory, T)  # cross-attention keys/values computed once here
+        tok_table, pos_table = self.tok_emb.weight, self.pos_emb  # (V+1, H), (T, H)
+        head_w, head_b = self.head.weight, self.head.bias
+        tok = torch.full((B,), self.bos, dtype=torch.long, device=memory.device)  # (B,)
+        for t in range(T):
+            x = (F.embedding(tok, tok_table) + pos_table[t]).unsqueeze(1)  # (B, 1, H); only the new token
+            if self.training and self.drop.p > 0.0:
+                x = self.drop(x)
+            h = self.decoder.step(x, memory, cache)  # (B, 1, H)
+            tok = sample_categorical(F.linear(h[:, 0], head_w, head_b), greedy, temperature, generator)
+            tokens[:, t] = tok
+        return tokens
+
+
+class NAPosterior(Posterior):
+    """Non-autoregressive head ("DAPS-NA"): an independent categorical per position from the memory."""
+
+    def __init__(self, cfg: TrajectoryNetConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.vocab_size = cfg.vocab_size
+        self.block_size = cfg.block_size
+        self.head = nn.Linear(cfg.embed_dim, cfg.vocab_size)
+        self.apply(_init_weights)
+
+    def logits(self, memory: Tensor, tokens: Tensor | None = None) -> Tensor:
+        return self.head(memory)  # (B, T, V); tokens are ignored
+
+    @torch.no_grad()
+    def sample(
+        self,
+        memory: Tensor,
+        greedy: bool = False,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+    ) -> Tensor:
+        return sample_categorical(self.head(memory), greedy, temperature, generator)  # (B, T)
+
+
+# -----------------------------------------------------------------------------
+# generative model p(x | z)
+
+
+class TrajectoryDecoder(nn.Module):
+    """z -> (mean (B, L, F), var (F,)) of a Gaussian over the window; variance learnable in [0.01, 1]."""
+
+    var_min: float = 0.01
+    var_max: float = 1.0
+
+    def __init__(self, cfg: TrajectoryNetConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.embed_dim)
+        self.pos_emb = nn.Parameter(torch.zeros(cfg.block_size, cfg.embed_dim))
+        self.drop = nn.Dropout(cfg.dropout)
+        self.encoder = TransformerEncoder(
+            cfg.embed_dim, cfg.num_heads, cfg.num_layers, cfg.mlp_ratio, cfg.dropout
+        )
+        self.resample = _resample(cfg.embed_dim, cfg.embed_dim, cfg.block_size, cfg.length)
+        self.out = nn.Linear(cfg.embed_dim, cfg.feature_dim)
+        self.log_var = nn.Parameter(torch.zeros(cfg.feature_dim))  # variance starts at 1
+        self.apply(_init_weights)
+        nn.init.normal_(self.pos_emb, std=0.02)
+
+    @property
+    def var(self) -> Tensor:
+        return self.log_var.exp().clamp(self.var_min, self.var_max)  # (F,)
+
+    def embed(self, z: Tensor) -> Tensor:
+        """Tokens (B, T) long, or code probabilities (B, T, V) float -> embeddings (B, T, H)."""
+        if z.is_floating_point():
+            return z @ self.tok_emb.weight  # (B, T, V) @ (V, H)
+        return self.tok_emb(z)
+
+    def forward_embeddings(self, e: Tensor) -> tuple[Tensor, Tensor]:
+        """Continuous codes e (B, T, H) -> mean (B, L, F), var (F,)."""
+        h = self.drop(e + self.pos_emb)  # (B, T, H)
+        h = self.encoder(h)  # (B, T, H)
+        h = self.resample(h.transpose(1, 2)).transpose(1, 2)  # (B, L, H)
+        return self.out(h), self.var  # (B, L, F), (F,)
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """z: tokens (B, T) long or probabilities (B, T, V) -> mean (B, L, F), var (F,)."""
+        return self.forward_embeddings(self.embed(z))

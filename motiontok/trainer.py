@@ -1,0 +1,331 @@
+"""Tokenizer training loop: one process, or several under ``torchrun`` with DistributedDataParallel.
+
+Checkpoints (``out_dir/checkpoints/step_XXXXXXX/``, pointer file ``latest``) hold the weights, normalizer and
+estimator state in safetensors, the config in JSON, and the optimizer, step and RNG states; a run started again
+with the same ``out_dir`` resumes from ``latest`` and draws exactly the batches and samples it would have drawn.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import shutil
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from motiontok.checkpoint import load_checkpoint, save_checkpoint, write_text_atomic
+from motiontok.data import WindowSampler, fixed_windows, split_train_val
+from motiontok.errors import CheckpointError
+from motiontok.estimators import Estimator
+from motiontok.evaluation import evaluate_tokenizer
+from motiontok.models import DiscreteVAE
+from motiontok.normalizer import RunningNormalizer
+from motiontok.tokenizer import MotionTokenizer, tokenizer_config
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping of a training run."""
+
+    steps: int = 4000
+    """Optimizer steps in the whole run (the LR and beta schedules span them)."""
+    batch_size: int = 16
+    """Windows per step and per process."""
+    lr: float = 3e-4
+    """Peak AdamW learning rate (paper: 3e-4)."""
+    lr_final_ratio: float = 0.1
+    """Cosine decay ends at lr * lr_final_ratio."""
+    warmup_steps: int = 100
+    """Linear LR warm-up."""
+    weight_decay: float = 0.01
+    """AdamW weight decay on matrices (not on biases, norms, embeddings' positions or log-eta)."""
+    eta_lr: float = 1e-2
+    """Adam learning rate of log(eta) (the trust-region multiplier adapts faster than the networks)."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip (0 disables)."""
+    seed: int = 0
+    """Seeds parameters, batch sampling and latent sampling."""
+    device: str = "auto"
+    """'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ..."""
+    num_threads: int = 0
+    """torch CPU threads per process (0 = torch's default)."""
+    log_every: int = 10
+    """Steps between TensorBoard scalars."""
+    eval_every: int = 500
+    """Steps between validation evaluations (0 disables)."""
+    eval_windows: int = 256
+    """Validation windows used by periodic evaluations (the final one uses all)."""
+    ckpt_every: int = 200
+    """Steps between checkpoints."""
+    keep_checkpoints: int = 2
+    """Training checkpoints kept on disk (older ones are deleted)."""
+    max_minutes: float = 0.0
+    """Stop (with a checkpoint) after this much wall time in this invocation; 0 = no limit. Resume later."""
+    progress: bool = True
+    """Show a progress bar (rank 0)."""
+
+
+class Objective(nn.Module):
+    """Model + estimator in one module, so DDP sees a single forward and synchronises every gradient."""
+
+    def __init__(self, model: DiscreteVAE, estimator: Estimator) -> None:
+        super().__init__()
+        self.model = model
+        self.estimator = estimator
+
+    def forward(self, x: Tensor, step: int) -> tuple[Tensor, dict[str, Tensor]]:
+        out = self.estimator(self.model, x, step)
+        return out.loss, out.metrics
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay from 1 to ``lr_final_ratio`` at ``cfg.steps``."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    return cfg.lr_final_ratio + (1 - cfg.lr_final_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(objective: Objective, cfg: TrainConfig) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, p in objective.model.named_parameters():
+        (decay if p.ndim >= 2 and "pos_emb" not in name else no_decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay, "lr": cfg.lr, "base_lr": cfg.lr},
+        {"params": no_decay, "weight_decay": 0.0, "lr": cfg.lr, "base_lr": cfg.lr},
+    ]
+    est = list(objective.estimator.parameters())
+    if est:
+        groups.append(
+            {"params": est, "weight_decay": 0.0, "lr": cfg.eta_lr, "base_lr": cfg.eta_lr, "fixed": True}
+        )
+    return torch.optim.AdamW(groups, betas=(0.9, 0.99))
+
+
+class _Stop:
+    """Turns SIGTERM/SIGINT into a flag so the loop can checkpoint before exiting."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(ValueError):  # not in the main thread
+                signal.signal(sig, self._handler)
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+
+def train(
+    data_path: str | Path,
+    model: DiscreteVAE,
+    estimator: Estimator,
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    val_files: Sequence[str],
+    records: dict[str, Any] | None = None,
+) -> dict[str, float]:
+    """Train ``model`` with ``estimator`` on the windows of ``data_path``; returns the final validation metrics
+    (empty without validation files). ``records`` (e.g. the resolved config) is stored in every checkpoint."""
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    rank, world = 0, 1
+    device = resolve_device(cfg.device)
+    if distributed:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
+    main = rank == 0
+    out_dir = Path(out_dir)
+    ckpt_root = out_dir / "checkpoints"
+
+    train_set, val_set = split_train_val(data_path, val_files)
+    normalizer = RunningNormalizer(train_set.features.shape[1])
+    normalizer.update(torch.from_numpy(train_set.features))
+    sampler = WindowSampler(train_set, model.cfg.length, seed=cfg.seed + 1000 * rank)
+    val_windows = fixed_windows(val_set, model.cfg.length) if val_set is not None else None
+
+    torch.manual_seed(cfg.seed + 1000 * rank)
+    model.to(device)
+    estimator.to(device)
+    normalizer.to(device)
+    objective = Objective(model, estimator)
+    optimizer = make_optimizer(objective, cfg)
+    step = 0
+    if (ckpt_root / "latest").is_file():
+        step = _resume(
+            ckpt_root / (ckpt_root / "latest").read_text().strip(),
+            objective,
+            optimizer,
+            sampler,
+            normalizer,
+            rank,
+            device,
+        )
+    if distributed:
+        for p in objective.parameters():  # identical start on every rank (rank 0's weights)
+            dist.broadcast(p.data, src=0)
+    runner = nn.parallel.DistributedDataParallel(objective) if distributed else objective
+
+    writer = None
+    if main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out_dir / "tb"))
+    bar = None
+    if main and cfg.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+    records = dict(records or {}, train=dataclasses.asdict(cfg), world_size=world)
+
+    def checkpoint() -> None:
+        if main:
+            _save(ckpt_root, step, objective, optimizer, sampler, normalizer, train_set.fps, records, cfg)
+        if distributed:
+            dist.barrier()
+
+    stop = _Stop()
+    t_start = time.monotonic()
+    metrics: dict[str, Tensor] = {}
+    last_ckpt = step
+    while step < cfg.steps:
+        for g in optimizer.param_groups:
+            g["lr"] = g["base_lr"] * (1.0 if g.get("fixed") else lr_factor(step, cfg))
+        x = normalizer.normalize(sampler.sample(cfg.batch_size).to(device))  # (B, L, F)
+        loss, metrics = runner(x, step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            metrics["charts/grad_norm"] = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).detach()
+        optimizer.step()
+        step += 1
+        if main and step % cfg.log_every == 0:
+            for k, v in metrics.items():
+                writer.add_scalar(k, float(v), step)
+            writer.add_scalar("charts/lr", optimizer.param_groups[0]["lr"], step)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(
+                log_p=f"{float(metrics['charts/log_p']):.0f}",
+                ess=f"{float(metrics['charts/ess']):.2f}",
+                eta=f"{float(metrics['charts/eta']):.3g}",
+                refresh=False,
+            )
+        if main and val_windows is not None and cfg.eval_every and step % cfg.eval_every == 0:
+            res = evaluate_tokenizer(
+                model,
+                normalizer,
+                val_windows[: cfg.eval_windows],
+                train_set.fps,
+                estimator.beta(step),
+                robot_metrics=False,
+            )
+            for k, v in res.items():
+                writer.add_scalar(f"val/{k}", v, step)
+        out_of_time = cfg.max_minutes > 0 and (time.monotonic() - t_start) > 60 * cfg.max_minutes
+        if distributed:  # every rank must agree to stop at the same step
+            flag = torch.tensor([float(stop.requested or out_of_time)], device=device)
+            dist.all_reduce(flag)
+            out_of_time = bool(flag.item() > 0)
+        if step % cfg.ckpt_every == 0 or step == cfg.steps or stop.requested or out_of_time:
+            checkpoint()
+            last_ckpt = step
+        if stop.requested or out_of_time:
+            break
+    if last_ckpt != step:
+        checkpoint()
+    if bar is not None:
+        bar.close()
+    final: dict[str, float] = {}
+    if main and step >= cfg.steps:
+        tok = MotionTokenizer(model, normalizer, train_set.fps)
+        if val_windows is not None:
+            final = evaluate_tokenizer(model, normalizer, val_windows, train_set.fps, estimator.beta(step))
+            for k, v in final.items():
+                writer.add_scalar(f"val_final/{k}", v, step)
+        tok.save(out_dir / "final", **records, step=step, val_metrics=final)
+    if writer is not None:
+        writer.close()
+    if distributed:
+        dist.barrier()
+        dist.destroy_process_group()
+    return final
+
+
+def _save(
+    root: Path,
+    step: int,
+    objective: Objective,
+    optimizer: torch.optim.Optimizer,
+    sampler: WindowSampler,
+    normalizer: RunningNormalizer,
+    fps: float,
+    records: dict[str, Any],
+    cfg: TrainConfig,
+) -> None:
+    tensors = {f"model.{k}": v for k, v in objective.model.state_dict().items()}
+    tensors |= {f"normalizer.{k}": v for k, v in normalizer.state_dict().items()}
+    tensors |= {f"estimator.{k}": v for k, v in objective.estimator.state_dict().items()}
+    state = {
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "sampler_rng": sampler.generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+    name = f"step_{step:07d}"
+    save_checkpoint(root / name, tensors, tokenizer_config(objective.model, fps, **records, step=step), state)
+    write_text_atomic(root / "latest", name + "\n")
+    old = sorted(p for p in root.glob("step_*") if p.is_dir() and p.name != name)
+    for p in old[: max(0, len(old) - (cfg.keep_checkpoints - 1))]:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def _resume(
+    path: Path,
+    objective: Objective,
+    optimizer: torch.optim.Optimizer,
+    sampler: WindowSampler,
+    normalizer: RunningNormalizer,
+    rank: int,
+    device: torch.device,
+) -> int:
+    tensors, _, state = load_checkpoint(path, map_location="cpu", trainer_state=True)
+    try:
+        objective.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        objective.estimator.load_state_dict(
+            {k[10:]: v for k, v in tensors.items() if k.startswith("estimator.")}
+        )
+        normalizer.load_state_dict({k[11:]: v for k, v in tensors.items() if k.startswith("normalizer.")})
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, KeyError, ValueError) as err:
+        raise CheckpointError(f"{path}: cannot resume this run from it ({err})") from None
+    if rank == 0:
+        sampler.generator.set_state(state["sampler_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+    else:  # other ranks re-derive their streams from the step so runs stay reproducible
+        sampler.generator.manual_seed(int(state["step"]) * 7919 + rank)
+        torch.manual_seed(int(state["step"]) * 7919 + rank)
+    objective.to(device)
+    return int(state["step"])

@@ -1,0 +1,74 @@
+"""Train the DAPS motion tokenizer (hydra config: configs/train_tokenizer.yaml).
+
+    python scripts/train_tokenizer.py                                 # CPU default (~1 h on 2 cores)
+    python scripts/train_tokenizer.py preset=paper out_dir=runs/paper # paper budget, for a GPU
+    torchrun --nproc_per_node 2 scripts/train_tokenizer.py ...        # DistributedDataParallel
+    python scripts/train_tokenizer.py --cfg job                       # print the resolved config
+
+Running the same command again resumes from out_dir/checkpoints/latest. The result is out_dir/final/, a
+MotionTokenizer directory (load it with MotionTokenizer.load(path)).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from motiontok.daps import BetaSchedule
+from motiontok.data import write_dataset
+from motiontok.errors import CheckpointError, MotionDataError
+from motiontok.estimators import ESTIMATORS
+from motiontok.models import DiscreteVAE
+from motiontok.motion import load_motions
+from motiontok.nets import TrajectoryNetConfig
+from motiontok.trainer import TrainConfig, train
+
+
+def ensure_dataset(data: DictConfig) -> Path:
+    """The prepared HDF5 file, built from ``data.source`` the first time."""
+    path = Path(data.path)
+    if path.is_file():
+        return path
+    if not data.source:
+        raise MotionDataError(
+            f"{path}: dataset not found. Prepare it with scripts/prepare_lafan.py, or set MOTIONTOK_DATA / "
+            "data.source to a directory of LAFAN1-H1 CSV files"
+        )
+    print(f"preparing {path} from {data.source}", file=sys.stderr)
+    return write_dataset(load_motions(data.source, fps=data.fps), path, progress=True)
+
+
+@hydra.main(config_path="../configs", config_name="train_tokenizer", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    est_cfg = OmegaConf.to_container(cfg.estimator, resolve=True)
+    name = est_cfg.pop("name")
+    if name not in ESTIMATORS:
+        raise SystemExit(f"error: unknown estimator {name!r}; choose one of {sorted(ESTIMATORS)}")
+    est_cls, est_cfg_cls = ESTIMATORS[name]
+    if "beta" in est_cfg:
+        est_cfg["beta"] = BetaSchedule(**est_cfg["beta"])
+    try:
+        path = ensure_dataset(cfg.data)
+        model = DiscreteVAE(
+            TrajectoryNetConfig(**cfg.tokenizer.net),
+            cfg.tokenizer.posterior,
+            cfg.tokenizer.posterior_init_std,
+        )
+        estimator = est_cls(est_cfg_cls(**est_cfg))
+        records = {"config": OmegaConf.to_container(cfg, resolve=True), "command": " ".join(sys.argv)}
+        final = train(
+            path, model, estimator, TrainConfig(**cfg.train), cfg.out_dir, list(cfg.data.val_files), records
+        )
+    except (MotionDataError, CheckpointError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if final:
+        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in final.items()}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""Training: the loss decreases, resume after a kill reproduces the uninterrupted run, torchrun with 2 processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from motiontok import MotionTokenizer
+from motiontok.checkpoint import load_checkpoint
+from motiontok.daps import BetaSchedule
+from motiontok.data import write_dataset
+from motiontok.estimators import DapsConfig, DapsEstimator
+from motiontok.models import DiscreteVAE
+from motiontok.motion import MotionClip
+from motiontok.nets import TrajectoryNetConfig
+from motiontok.trainer import TrainConfig, lr_factor, train
+from tests.conftest import synthetic_qpos
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = TrajectoryNetConfig(block_size=16, vocab_size=16, embed_dim=16, num_heads=2, num_layers=1)
+VAL = ["val_subject9"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    clips = [
+        MotionClip(f"train{i}_subject1", synthetic_qpos(70, seed=i), 30.0, f"train{i}_subject1")
+        for i in range(3)
+    ]
+    clips.append(MotionClip(VAL[0], synthetic_qpos(64, seed=9), 30.0, VAL[0]))
+    return write_dataset(clips, tmp_path_factory.mktemp("data") / "synthetic.h5")
+
+
+def _run(dataset, out, steps, **kw):
+    torch.manual_seed(0)
+    model = DiscreteVAE(TINY)
+    est = DapsEstimator(DapsConfig(num_samples=4, beta=BetaSchedule("cosine", 2.0, 0.01, 8)))
+    cfg = TrainConfig(
+        steps=8,
+        batch_size=4,
+        warmup_steps=2,
+        eval_every=0,
+        ckpt_every=2,
+        progress=False,
+        keep_checkpoints=10,
+        **kw,
+    )
+    cfg.steps = steps if steps else cfg.steps
+    return train(dataset, model, est, cfg, out, VAL), model
+
+
+def _weights(path):
+    return load_checkpoint(path)[0]
+
+
+def test_resume_after_kill_reproduces_the_uninterrupted_run(dataset, tmp_path):
+    _run(dataset, tmp_path / "full", 8)
+    # "Kill" after step 4: keep only the checkpoints up to 4, then start the same run again.
+    shutil.copytree(
+        tmp_path / "full" / "checkpoints" / "step_0000004", tmp_path / "cut" / "checkpoints" / "step_0000004"
+    )
+    (tmp_path / "cut" / "checkpoints" / "latest").write_text("step_0000004\n")
+    _run(dataset, tmp_path / "cut", 8)
+    for step in ("step_0000006", "step_0000008"):
+        a = _weights(tmp_path / "full" / "checkpoints" / step)
+        b = _weights(tmp_path / "cut" / "checkpoints" / step)
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=f"{step} {k}")
+
+
+def test_final_tokenizer_and_records(dataset, tmp_path):
+    final, _ = _run(dataset, tmp_path / "run", 8)
+    for key in ("log_p", "l2", "mpjpe_mm", "elbo", "beta_elbo", "code_usage", "perplexity", "windows"):
+        assert key in final
+    assert final["windows"] == 2 and 0 < final["code_usage"] <= 1
+    assert final["elbo"] == pytest.approx(final["log_p"] - final["kl"])
+    assert final["beta_elbo"] == pytest.approx(final["log_p"] - final["beta"] * final["kl"])
+    assert final["beta"] == pytest.approx(0.01)  # the end of the annealed schedule
+    tok = MotionTokenizer.load(tmp_path / "run" / "final")
+    cfg = json.loads((tmp_path / "run" / "final" / "config.json").read_text())
+    assert cfg["step"] == 8 and cfg["train"]["batch_size"] == 4 and "val_metrics" in cfg
+    assert tok.num_tokens == 16
+    # The shipped pointer names the newest checkpoint and older ones were pruned to keep_checkpoints.
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step_0000008"
+
+
+def test_training_improves_reconstruction(dataset, tmp_path):
+    """A few dozen steps on synthetic motion raise log p(x|z) well above its starting value."""
+    torch.manual_seed(0)
+    model = DiscreteVAE(TINY)
+    est = DapsEstimator(DapsConfig(num_samples=4, beta=BetaSchedule("cosine", 1.0, 0.01, 60)))
+    cfg = TrainConfig(
+        steps=60,
+        batch_size=8,
+        lr=3e-3,
+        warmup_steps=5,
+        eval_every=0,
+        ckpt_every=60,
+        progress=False,
+        log_every=1,
+    )
+    from motiontok.data import fixed_windows, split_train_val
+    from motiontok.evaluation import evaluate_tokenizer
+    from motiontok.normalizer import RunningNormalizer
+
+    tr, _ = split_train_val(dataset, VAL)
+    norm = RunningNormalizer(127)
+    norm.update(torch.from_numpy(tr.features))
+    before = evaluate_tokenizer(model, norm, fixed_windows(tr), 30.0, robot_metrics=False)["log_p"]
+    train(dataset, model, est, cfg, tmp_path / "improve", VAL)
+    after = evaluate_tokenizer(model, norm, fixed_windows(tr), 30.0, robot_metrics=False)["log_p"]
+    assert after > before + 500, (before, after)
+
+
+def test_lr_schedule():
+    cfg = TrainConfig(steps=100, warmup_steps=10, lr_final_ratio=0.1)
+    assert lr_factor(0, cfg) == pytest.approx(0.1) and lr_factor(9, cfg) == pytest.approx(1.0)
+    assert lr_factor(10, cfg) == pytest.approx(1.0) and lr_factor(100, cfg) == pytest.approx(0.1)
+    assert lr_factor(55, cfg) == pytest.approx(0.55)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_gloo(dataset, tmp_path):
+    """DistributedDataParallel on 2 CPU processes keeps the replicas identical and writes one checkpoint."""
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(ROOT / "scripts/train_tokenizer.py"),
+        "preset=smoke",
+        f"data.path={dataset}",
+        f"data.val_files=[{VAL[0]}]",
+        f"out_dir={out}",
+        "train.num_threads=1",
+        "train.device=cpu",
+    ]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    cfg = json.loads((out / "final" / "config.json").read_text())
+    assert cfg["world_size"] == 2 and cfg["step"] == 6
+    metrics = json.loads(res.stdout.strip().splitlines()[-1])
+    assert metrics["windows"] == 2
