@@ -30,9 +30,7 @@ def _sync(device: torch.device) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=16, help="windows per step (B)")
     parser.add_argument("--samples", type=int, default=8, help="codes sampled per window (K)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats (median reported)")
@@ -59,11 +57,11 @@ def main() -> None:
         _sync(device)
         t["encoder"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        tokens = model.posterior.sample(memory.detach().repeat_interleave(K, 0))  # (B*K, T)
+        tokens = model.posterior.sample(memory.detach(), num_samples=K)  # (B*K, T)
         _sync(device)
         t["sample"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        log_q = model.posterior.log_prob(memory.repeat_interleave(K, 0), tokens)  # (B*K,)
+        log_q = model.posterior.log_prob(memory, tokens)  # (B*K,)
         _sync(device)
         t["log_q"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -92,7 +90,7 @@ def main() -> None:
         tokens = torch.randint(cfg.vocab_size, (B * K, cfg.block_size), device=device)
         _sync(device)
         t0 = time.perf_counter()
-        memory = model.memory(x).repeat_interleave(K, 0)
+        memory = model.memory(x)  # (B, T, H) shared by the K rows of each input
         log_q = model.posterior.log_prob(memory, tokens)
         mean, var = model.decoder(tokens)
         loss = -(log_q.sum() + gaussian_log_prob(x.repeat_interleave(K, 0), mean, var).sum())

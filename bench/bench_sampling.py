@@ -60,9 +60,7 @@ def timed_ms(
     return times
 
 
-def bench_sampling(
-    posterior: ARPosterior, memory: torch.Tensor, device: torch.device, repeats: int, seed: int
-) -> dict:
+def bench_sampling(posterior: ARPosterior, memory: torch.Tensor, device: torch.device, repeats: int, seed: int) -> dict:
     """Median ms of posterior.sample with and without the KV cache, and the speedup."""
     gen = torch.Generator(device=device).manual_seed(seed)
     row: dict = {}
@@ -99,9 +97,7 @@ def bench_encode(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per case (no-cache b256: <= 2)")
     parser.add_argument("--encode-repeats", type=int, default=50, help="timed repeats of the b1 encode")
@@ -123,8 +119,7 @@ def main() -> None:
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "loadavg_start": [round(x, 2) for x in os.getloadavg()],
         "config": {
-            k: getattr(cfg, k)
-            for k in ("feature_dim", "length", "block_size", "vocab_size", "embed_dim", "num_heads")
+            k: getattr(cfg, k) for k in ("feature_dim", "length", "block_size", "vocab_size", "embed_dim", "num_heads")
         }
         | {"num_layers": cfg.num_layers},
     }

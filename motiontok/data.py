@@ -67,9 +67,7 @@ def write_dataset(clips: Sequence[MotionClip], out: str | Path, progress: bool =
             h5.create_dataset("features", data=np.concatenate([f for _, f, _ in per_clip]).astype(np.float32))
             h5.create_dataset("qpos", data=np.concatenate([c.qpos for c in clips]))
             h5.create_dataset("com", data=np.concatenate([k.com for _, _, k in per_clip]).astype(np.float32))
-            h5.create_dataset(
-                "key_pos", data=np.concatenate([k.key_pos for _, _, k in per_clip]).astype(np.float32)
-            )
+            h5.create_dataset("key_pos", data=np.concatenate([k.key_pos for _, _, k in per_clip]).astype(np.float32))
             h5.create_dataset("split_points", data=split)
             h5.create_dataset("clip_names", data=[c.name for c in clips], dtype=h5py.string_dtype())
             h5.create_dataset("clip_files", data=[_file_of(c) for c in clips], dtype=h5py.string_dtype())
@@ -103,9 +101,7 @@ class MotionDataset:
     clip_files: list[str]
 
     @classmethod
-    def load(
-        cls, path: str | Path, files: Sequence[str] | None = None, exclude: Sequence[str] = ()
-    ) -> MotionDataset:
+    def load(cls, path: str | Path, files: Sequence[str] | None = None, exclude: Sequence[str] = ()) -> MotionDataset:
         """Load ``path``, keeping clips whose source file is in ``files`` (all if None) and not in ``exclude``."""
         path = Path(path)
         if not path.is_file():
@@ -114,24 +110,14 @@ class MotionDataset:
             with h5py.File(path, "r") as h5:
                 version = int(h5.attrs.get("format_version", -1))
                 if version != FORMAT_VERSION:
-                    raise MotionDataError(
-                        f"{path}: dataset format {version}, this version reads {FORMAT_VERSION}"
-                    )
+                    raise MotionDataError(f"{path}: dataset format {version}, this version reads {FORMAT_VERSION}")
                 if int(h5.attrs["feature_dim"]) != feat.FEATURE_DIM:
-                    raise MotionDataError(
-                        f"{path}: feature_dim {h5.attrs['feature_dim']} != {feat.FEATURE_DIM}"
-                    )
+                    raise MotionDataError(f"{path}: feature_dim {h5.attrs['feature_dim']} != {feat.FEATURE_DIM}")
                 split = h5["split_points"][:]
                 names = [n.decode() if isinstance(n, bytes) else str(n) for n in h5["clip_names"][:]]
                 srcs = [n.decode() if isinstance(n, bytes) else str(n) for n in h5["clip_files"][:]]
-                keep = [
-                    i for i, f in enumerate(srcs) if (files is None or f in files) and f not in set(exclude)
-                ]
-                rows = (
-                    np.concatenate([np.arange(split[i], split[i + 1]) for i in keep])
-                    if keep
-                    else np.zeros(0, int)
-                )
+                keep = [i for i, f in enumerate(srcs) if (files is None or f in files) and f not in set(exclude)]
+                rows = np.concatenate([np.arange(split[i], split[i + 1]) for i in keep]) if keep else np.zeros(0, int)
                 arrays = {k: h5[k][:][rows] for k in ("features", "qpos", "com", "key_pos")}
                 fps = float(h5.attrs["fps"])
         except (OSError, KeyError) as err:

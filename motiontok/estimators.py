@@ -70,8 +70,8 @@ class DapsEstimator(Estimator):
 
     def forward(self, model: DiscreteVAE, x: Tensor, step: int) -> EstimatorOutput:
         B, K = x.shape[0], self.cfg.num_samples
-        memory = model.memory(x).repeat_interleave(K, dim=0)  # (B*K, T, H)
-        tokens = model.posterior.sample(memory.detach())  # (B*K, T), no gradient
+        memory = model.memory(x)  # (B, T, H), shared by the K samples of each input (never copied K times)
+        tokens = model.posterior.sample(memory.detach(), num_samples=K)  # (B*K, T), no gradient
         log_q = model.posterior.log_prob(memory, tokens).view(B, K)  # (B, K)
         mean, var = model.decoder(tokens)  # (B*K, L, F), (F,)
         rewards = gaussian_log_prob(x.repeat_interleave(K, dim=0), mean, var).view(B, K)  # (B, K)

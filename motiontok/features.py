@@ -136,9 +136,7 @@ def root_trajectory(
     yaw = start_yaw + np.concatenate([[0.0], np.cumsum(f[1:, FEATURE_SLICES["root_yaw_rate"]][:, 0]) / fps])
     heading = rot_z(yaw)  # (T, 3, 3)
     step = np.einsum("tij,tj->ti", heading, f[:, FEATURE_SLICES["root_lin_vel"]]) / fps  # (T, 3)
-    xy = np.asarray(start_xy, dtype=np.float64) + np.concatenate(
-        [np.zeros((1, 2)), np.cumsum(step[1:, :2], 0)]
-    )
+    xy = np.asarray(start_xy, dtype=np.float64) + np.concatenate([np.zeros((1, 2)), np.cumsum(step[1:, :2], 0)])
     root = np.concatenate([xy, f[:, FEATURE_SLICES["root_height"]]], axis=1)
     return root, yaw
 

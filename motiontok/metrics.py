@@ -21,9 +21,7 @@ def mpjpe_mm(pred_key_pos: np.ndarray, ref_key_pos: np.ndarray) -> float:
     averaged over frames and key points. Shapes (..., K, 3), equal; inputs in metres."""
     pred, ref = np.asarray(pred_key_pos, np.float64), np.asarray(ref_key_pos, np.float64)
     if pred.shape != ref.shape or pred.shape[-1] != 3:
-        raise ValueError(
-            f"key-point arrays must have equal shapes (..., 3), got {pred.shape} and {ref.shape}"
-        )
+        raise ValueError(f"key-point arrays must have equal shapes (..., 3), got {pred.shape} and {ref.shape}")
     return float(np.linalg.norm(pred - ref, axis=-1).mean() * 1000.0)
 
 

@@ -25,9 +25,7 @@ POSTERIORS = {"ar": ARPosterior, "na": NAPosterior}
 class DiscreteVAE(nn.Module):
     """x (B, L, F) standardized -> tokens (B, T) in [0, V) -> Gaussian over x."""
 
-    def __init__(
-        self, cfg: TrajectoryNetConfig, posterior: str = "ar", posterior_init_std: float = 0.02
-    ) -> None:
+    def __init__(self, cfg: TrajectoryNetConfig, posterior: str = "ar", posterior_init_std: float = 0.02) -> None:
         """``posterior_init_std`` scales the initial code logits: the default 0.02 starts q(z|x) near uniform
         (slow to become informative on small budgets); ~0.25 starts it peaked and already x-dependent."""
         super().__init__()

@@ -229,9 +229,7 @@ def _reorder_columns(path: Path, qpos: np.ndarray, joint_names: list[str]) -> np
     """Map a LocoMuJoCo qpos (free joint first, hinges in the file's order) onto H1 qpos order."""
     names = [n.removesuffix("_joint") for n in joint_names]
     if qpos.shape[1] != 7 + len(names) - 1:
-        raise MotionDataError(
-            f"{path}: qpos has {qpos.shape[1]} columns but joint_names implies {6 + len(names)}"
-        )
+        raise MotionDataError(f"{path}: qpos has {qpos.shape[1]} columns but joint_names implies {6 + len(names)}")
     hinge = {n: 7 + i for i, n in enumerate(names[1:])}
     missing = [n for n in robot.JOINT_NAMES if n not in hinge]
     if missing:

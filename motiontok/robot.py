@@ -94,9 +94,7 @@ def load_spec(scene: bool = True) -> mujoco.MjSpec:
     """
     path = ASSET_DIR / ("scene.xml" if scene else "h1.xml")
     if not path.is_file():
-        raise FileNotFoundError(
-            f"H1 model not found at {path}; is the package installed from a full checkout?"
-        )
+        raise FileNotFoundError(f"H1 model not found at {path}; is the package installed from a full checkout?")
     spec = mujoco.MjSpec.from_file(str(path))
     for name, body, offset in KEY_POINTS:
         spec.body(body).add_site(name=name, pos=list(offset), size=[0.02, 0.02, 0.02], rgba=[1, 0.3, 0.1, 1])

@@ -112,9 +112,7 @@ def rot_z(yaw: np.ndarray) -> np.ndarray:
     """(...,) yaw angles -> (..., 3, 3) rotations about world z."""
     c, s = np.cos(yaw), np.sin(yaw)
     zero, one = np.zeros_like(yaw), np.ones_like(yaw)
-    return np.stack(
-        [np.stack([c, -s, zero], -1), np.stack([s, c, zero], -1), np.stack([zero, zero, one], -1)], axis=-2
-    )
+    return np.stack([np.stack([c, -s, zero], -1), np.stack([s, c, zero], -1), np.stack([zero, zero, one], -1)], axis=-2)
 
 
 def wrap_angle(a: np.ndarray) -> np.ndarray:

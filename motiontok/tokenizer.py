@@ -130,11 +130,7 @@ class MotionTokenizer(nn.Module):
     def stitch_windows(self, windows: np.ndarray, num_frames: int) -> np.ndarray:
         """Inverse of :meth:`split_windows`: (W, 32, 127) -> (num_frames, 127)."""
         L = self.window
-        out = (
-            np.concatenate(list(windows[: num_frames // L]), axis=0)
-            if num_frames >= L
-            else np.zeros((0, 127))
-        )
+        out = np.concatenate(list(windows[: num_frames // L]), axis=0) if num_frames >= L else np.zeros((0, 127))
         rest = num_frames - len(out)
         if rest > 0:
             out = np.concatenate([out, windows[-1][L - rest :]], axis=0)
@@ -179,25 +175,19 @@ class MotionTokenizer(nn.Module):
         return save_checkpoint(path, tensors, tokenizer_config(self.model, self.fps, **extra))
 
     @classmethod
-    def load(
-        cls, path: str | Path | None = None, device: str | torch.device | None = None
-    ) -> MotionTokenizer:
+    def load(cls, path: str | Path | None = None, device: str | torch.device | None = None) -> MotionTokenizer:
         """Load a tokenizer (or a training checkpoint) directory; default: the shipped H1 tokenizer."""
         path = Path(path) if path is not None else DEFAULT_CHECKPOINT
         tensors, config, _ = load_checkpoint(path)
         if config.get("format") != FORMAT:
-            raise CheckpointError(
-                f"{path}: not a motiontok tokenizer checkpoint (format={config.get('format')!r})"
-            )
+            raise CheckpointError(f"{path}: not a motiontok tokenizer checkpoint (format={config.get('format')!r})")
         if config.get("format_version") != FORMAT_VERSION:
             raise CheckpointError(
                 f"{path}: checkpoint format version {config.get('format_version')}, this motiontok reads "
                 f"{FORMAT_VERSION}; retrain or use a matching motiontok release"
             )
         if config.get("feature_layout") != FEATURE_LAYOUT:
-            raise CheckpointError(
-                f"{path}: feature layout {config.get('feature_layout')!r} != {FEATURE_LAYOUT!r}"
-            )
+            raise CheckpointError(f"{path}: feature layout {config.get('feature_layout')!r} != {FEATURE_LAYOUT!r}")
         try:
             model = DiscreteVAE(TrajectoryNetConfig(**config["net"]), config.get("posterior", "ar"))
             normalizer = RunningNormalizer(model.cfg.feature_dim)

@@ -112,9 +112,7 @@ def make_optimizer(objective: Objective, cfg: TrainConfig) -> torch.optim.Optimi
     ]
     est = list(objective.estimator.parameters())
     if est:
-        groups.append(
-            {"params": est, "weight_decay": 0.0, "lr": cfg.eta_lr, "base_lr": cfg.eta_lr, "fixed": True}
-        )
+        groups.append({"params": est, "weight_decay": 0.0, "lr": cfg.eta_lr, "base_lr": cfg.eta_lr, "fixed": True})
     return torch.optim.AdamW(groups, betas=(0.9, 0.99))
 
 
@@ -312,9 +310,7 @@ def _resume(
     tensors, _, state = load_checkpoint(path, map_location="cpu", trainer_state=True)
     try:
         objective.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        objective.estimator.load_state_dict(
-            {k[10:]: v for k, v in tensors.items() if k.startswith("estimator.")}
-        )
+        objective.estimator.load_state_dict({k[10:]: v for k, v in tensors.items() if k.startswith("estimator.")})
         normalizer.load_state_dict({k[11:]: v for k, v in tensors.items() if k.startswith("normalizer.")})
         optimizer.load_state_dict(state["optimizer"])
     except (RuntimeError, KeyError, ValueError) as err:

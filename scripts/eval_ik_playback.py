@@ -77,9 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="cap the video at S seconds of motion (default 10; 0: the whole evaluated clip). Software "
         "rendering makes about 4 video frames/s (15 video frames per second of motion)",
     )
-    p.add_argument(
-        "--max-iters", type=int, default=10, help="most IK steps (QPs) per frame (default 10, early stop)"
-    )
+    p.add_argument("--max-iters", type=int, default=10, help="most IK steps (QPs) per frame (default 10, early stop)")
     p.add_argument(
         "--posture",
         choices=("features", "previous"),
@@ -113,9 +111,7 @@ def select_clips(clips: list, names: list[str] | None) -> list:
         return clips
     missing = [n for n in names if n not in by_name]
     if missing:
-        raise MotionDataError(
-            f"clip(s) not found in the data: {', '.join(missing)} (have: {', '.join(by_name)})"
-        )
+        raise MotionDataError(f"clip(s) not found in the data: {', '.join(missing)} (have: {', '.join(by_name)})")
     return [by_name[n] for n in names]
 
 
@@ -152,9 +148,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     total_frames, ik_seconds = 0, 0.0
     sum_err_mm, sum_local_err_mm, sq_joint, skate, ref_skate = 0.0, 0.0, 0.0, [], []
     video_pair = None
-    bar = tqdm(
-        total=sum(c.num_frames for c in clips), unit="frame", file=sys.stderr, disable=args.no_progress
-    )
+    bar = tqdm(total=sum(c.num_frames for c in clips), unit="frame", file=sys.stderr, disable=args.no_progress)
     for clip in clips:
         qpos = clip.qpos  # (T, 26)
         n = clip.num_frames
@@ -163,9 +157,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         if tok is not None:
             rec = np.asarray(tok.reconstruct_features(feats, clip.fps), dtype=np.float64)
             if rec.shape != feats.shape:
-                raise CheckpointError(
-                    f"tokenizer returned features of shape {rec.shape}, expected {feats.shape}"
-                )
+                raise CheckpointError(f"tokenizer returned features of shape {rec.shape}, expected {feats.shape}")
             feats = rec
         start_xy, start_yaw = start_pose(qpos)
         bar.set_description(clip.name)

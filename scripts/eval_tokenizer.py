@@ -28,9 +28,7 @@ from motiontok.features import clip_features
 from motiontok.motion import load_motions
 
 
-def load_windows(
-    path: Path, files: list[str] | None, fps: float, window: int
-) -> tuple[torch.Tensor, list[str]]:
+def load_windows(path: Path, files: list[str] | None, fps: float, window: int) -> tuple[torch.Tensor, list[str]]:
     """Raw windows (W, window, 127) of the chosen files, and the clip names used."""
     if path.suffix in (".h5", ".hdf5"):
         if files is None:
@@ -54,9 +52,7 @@ def load_windows(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default=None, help="tokenizer directory (default: the shipped one)")
     parser.add_argument("--data", required=True, help="prepared .h5 dataset, or motion files (dir/CSV/.npz)")
     parser.add_argument("--files", nargs="+", default=None, help="source files (stems) to evaluate on")
@@ -68,9 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--seed", type=int, default=0, help="seed of the posterior samples")
-    parser.add_argument(
-        "--json", action="store_true", help="print one JSON object (and nothing else) to stdout"
-    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object (and nothing else) to stdout")
     args = parser.parse_args(argv)
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
     device = "cpu" if device == "auto" else device

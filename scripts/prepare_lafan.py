@@ -19,16 +19,10 @@ from motiontok.motion import load_motions
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--csv-dir", required=True, help="directory of .csv/.npz motion files, or one such file"
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--csv-dir", required=True, help="directory of .csv/.npz motion files, or one such file")
     parser.add_argument("--out", required=True, help="output HDF5 path (e.g. data/lafan1_h1.h5)")
-    parser.add_argument(
-        "--fps", type=float, default=30.0, help="resample every clip to this rate (default 30)"
-    )
+    parser.add_argument("--fps", type=float, default=30.0, help="resample every clip to this rate (default 30)")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     try:
@@ -38,9 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     frames = sum(c.num_frames for c in clips)
-    print(
-        f"wrote {out}: {len(clips)} clips, {frames} frames at {args.fps:g} fps in {time.perf_counter() - t0:.1f} s"
-    )
+    print(f"wrote {out}: {len(clips)} clips, {frames} frames at {args.fps:g} fps in {time.perf_counter() - t0:.1f} s")
     return 0
 
 

@@ -60,9 +60,7 @@ def main(cfg: DictConfig) -> None:
         )
         estimator = est_cls(est_cfg_cls(**est_cfg))
         records = {"config": OmegaConf.to_container(cfg, resolve=True), "command": " ".join(sys.argv)}
-        final = train(
-            path, model, estimator, TrainConfig(**cfg.train), cfg.out_dir, list(cfg.data.val_files), records
-        )
+        final = train(path, model, estimator, TrainConfig(**cfg.train), cfg.out_dir, list(cfg.data.val_files), records)
     except (MotionDataError, CheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -139,9 +139,7 @@ def test_ess_matches_direct_formula_float64() -> None:
     direct = (w.sum(-1) ** 2 / (w**2).sum(-1)).mean()
     torch.testing.assert_close(effective_sample_size(log_w), direct, rtol=1e-12, atol=0)
     # and through the normalized weights: 1 / sum_k w~^2
-    torch.testing.assert_close(
-        effective_sample_size(log_w), (1 / (normalized_weights(log_w) ** 2).sum(-1)).mean()
-    )
+    torch.testing.assert_close(effective_sample_size(log_w), (1 / (normalized_weights(log_w) ** 2).sum(-1)).mean())
 
 
 # 6. Gradient routing of daps_loss.
@@ -194,10 +192,7 @@ def test_daps_loss_gradient_routing() -> None:
 def test_daps_loss_summed_backward_fills_each_leaf_from_its_own_loss() -> None:
     rewards, log_q, log_eta = _leaves(seed=8)
     out = daps_loss(rewards, log_q, log_eta, beta=0.5, ess_target=2.5, baseline="mean")
-    ref = [
-        _grads(loss, (x,))[0]
-        for loss, x in ((out.encoder, log_q), (out.decoder, rewards), (out.eta, log_eta))
-    ]
+    ref = [_grads(loss, (x,))[0] for loss, x in ((out.encoder, log_q), (out.decoder, rewards), (out.eta, log_eta))]
     (out.encoder + out.decoder + out.eta).backward()
     for x, g in zip((log_q, rewards, log_eta), ref, strict=True):
         torch.testing.assert_close(x.grad, g)

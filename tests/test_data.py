@@ -37,9 +37,7 @@ def dataset_path(tmp_path):
 def test_written_file_holds_features_qpos_com_and_splits(dataset_path):
     clips = _clips()
     with h5py.File(dataset_path) as h5:
-        assert (
-            h5["features"].shape == (95, 127) and h5["qpos"].shape == (95, 26) and h5["com"].shape == (95, 3)
-        )
+        assert h5["features"].shape == (95, 127) and h5["qpos"].shape == (95, 26) and h5["com"].shape == (95, 3)
         np.testing.assert_array_equal(h5["split_points"][:], [0, 40, 75, 95])
         assert h5.attrs["fps"] == 30.0
         np.testing.assert_allclose(h5["features"][40:75], feat.clip_features(clips[1]), atol=1e-5)

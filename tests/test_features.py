@@ -31,9 +31,7 @@ def test_shape_and_column_meaning(clip):
     np.testing.assert_allclose(f[3, s["joint_vel"]], (clip.qpos[3, 7:] - clip.qpos[2, 7:]) * clip.fps)
     # Root velocity in the heading frame has the world speed as its horizontal norm.
     world_v = (clip.qpos[3, :2] - clip.qpos[2, :2]) * clip.fps
-    np.testing.assert_allclose(
-        np.linalg.norm(f[3, s["root_lin_vel"]][:2]), np.linalg.norm(world_v), atol=1e-9
-    )
+    np.testing.assert_allclose(np.linalg.norm(f[3, s["root_lin_vel"]][:2]), np.linalg.norm(world_v), atol=1e-9)
     # The heading-free root rotation has no yaw: its x-axis has no y component.
     np.testing.assert_allclose(f[:, s["root_rot6d"]][:, 1], 0.0, atol=1e-12)
 

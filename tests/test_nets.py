@@ -16,20 +16,8 @@ from motiontok.nets import (
     gaussian_log_prob,
 )
 
-CFG = TrajectoryNetConfig(
-    feature_dim=5, length=4, block_size=8, vocab_size=11, embed_dim=16, num_heads=2, num_layers=2
-)
+CFG = TrajectoryNetConfig(feature_dim=5, length=4, block_size=8, vocab_size=11, embed_dim=16, num_heads=2, num_layers=2)
 B = 3
-
-
-@pytest.fixture(autouse=True)
-def _one_intra_op_thread():
-    """Tiny tensors: intra-op threads only add fork/join cost, which on an oversubscribed 2-core machine
-    reaches milliseconds per op (CPU flash attention forks for every call). Restored after each test."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def make(cfg: TrajectoryNetConfig = CFG, seed: int = 0):
@@ -80,9 +68,7 @@ def test_cache_sampling_matches_no_cache():
     assert torch.equal(greedy, ar.sample(memory, greedy=True, use_cache=False))
     for temperature in (1.0, 2.0):
         a = ar.sample(memory, temperature=temperature, generator=torch.Generator().manual_seed(7))
-        b = ar.sample(
-            memory, temperature=temperature, generator=torch.Generator().manual_seed(7), use_cache=False
-        )
+        b = ar.sample(memory, temperature=temperature, generator=torch.Generator().manual_seed(7), use_cache=False)
         assert torch.equal(a, b)
     c = ar.sample(memory, generator=torch.Generator().manual_seed(8))
     assert not torch.equal(a, c)  # the seed matters (tiny chance of a false alarm is negligible here)
@@ -221,3 +207,23 @@ def test_decoder_module_on_its_own():
     cache = decoder.new_cache(memory, 6)
     steps = torch.cat([decoder.step(x[:, t : t + 1], memory, cache) for t in range(6)], 1)
     torch.testing.assert_close(steps, decoder(x, memory), rtol=0, atol=1e-5)
+
+
+def test_grouped_cross_attention_equals_copied_memory():
+    """K samples per input share one memory row: the grouped path equals copying the memory K times."""
+    torch.manual_seed(0)
+    cfg = TrajectoryNetConfig(feature_dim=5, length=4, block_size=8, vocab_size=11, embed_dim=16, num_heads=2)
+    post = ARPosterior(cfg).eval()
+    memory = torch.randn(3, 8, 16)
+    K = 4
+    gen = torch.Generator().manual_seed(5)
+    tokens = post.sample(memory, num_samples=K, generator=gen)  # (12, 8), cached, grouped
+    assert tokens.shape == (12, 8)
+    ref = post.sample(memory, num_samples=K, generator=torch.Generator().manual_seed(5), use_cache=False)
+    torch.testing.assert_close(tokens, ref)  # the slow reference copies the memory
+    copied = memory.repeat_interleave(K, dim=0)
+    torch.testing.assert_close(post.log_prob(memory, tokens), post.log_prob(copied, tokens), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(post.entropy(memory, tokens), post.entropy(copied, tokens), atol=1e-4, rtol=1e-5)
+    na = NAPosterior(cfg)
+    torch.testing.assert_close(na.log_prob(memory, tokens), na.log_prob(copied, tokens))
+    assert na.sample(memory, num_samples=K).shape == (12, 8)

@@ -30,10 +30,7 @@ VAL = ["val_subject9"]
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    clips = [
-        MotionClip(f"train{i}_subject1", synthetic_qpos(70, seed=i), 30.0, f"train{i}_subject1")
-        for i in range(3)
-    ]
+    clips = [MotionClip(f"train{i}_subject1", synthetic_qpos(70, seed=i), 30.0, f"train{i}_subject1") for i in range(3)]
     clips.append(MotionClip(VAL[0], synthetic_qpos(64, seed=9), 30.0, VAL[0]))
     return write_dataset(clips, tmp_path_factory.mktemp("data") / "synthetic.h5")
 
@@ -93,31 +90,28 @@ def test_final_tokenizer_and_records(dataset, tmp_path):
 
 
 def test_training_improves_reconstruction(dataset, tmp_path):
-    """A few dozen steps on synthetic motion raise log p(x|z) well above its starting value."""
-    torch.manual_seed(0)
-    model = DiscreteVAE(TINY)
-    est = DapsEstimator(DapsConfig(num_samples=4, beta=BetaSchedule("cosine", 1.0, 0.01, 60)))
-    cfg = TrainConfig(
-        steps=60,
-        batch_size=8,
-        lr=3e-3,
-        warmup_steps=5,
-        eval_every=0,
-        ckpt_every=60,
-        progress=False,
-        log_every=1,
-    )
+    """200 DAPS steps on synthetic motion raise log p(x|z) and lower L2 on the training windows.
+
+    Standardized data leaves nothing to gain without information in z (mean 0, variance 1 is the best blind
+    guess), so the gain measures that codes carry information about x; a peaked initial posterior
+    (``posterior_init_std=0.5``) makes that happen within seconds."""
     from motiontok.data import fixed_windows, split_train_val
     from motiontok.evaluation import evaluate_tokenizer
     from motiontok.normalizer import RunningNormalizer
 
+    torch.manual_seed(0)
+    model = DiscreteVAE(TINY, posterior_init_std=0.5)
+    est = DapsEstimator(DapsConfig(num_samples=4, beta=BetaSchedule("cosine", 1.0, 0.01, 200)))
+    cfg = TrainConfig(steps=200, batch_size=8, lr=3e-3, warmup_steps=5, eval_every=0, ckpt_every=200, progress=False)
     tr, _ = split_train_val(dataset, VAL)
     norm = RunningNormalizer(127)
     norm.update(torch.from_numpy(tr.features))
-    before = evaluate_tokenizer(model, norm, fixed_windows(tr), 30.0, robot_metrics=False)["log_p"]
+    windows = fixed_windows(tr, 32, 8)
+    before = evaluate_tokenizer(model, norm, windows, 30.0, robot_metrics=False)
     train(dataset, model, est, cfg, tmp_path / "improve", VAL)
-    after = evaluate_tokenizer(model, norm, fixed_windows(tr), 30.0, robot_metrics=False)["log_p"]
-    assert after > before + 500, (before, after)
+    after = evaluate_tokenizer(model, norm, windows, 30.0, robot_metrics=False)
+    assert after["log_p"] > before["log_p"] + 150, (before["log_p"], after["log_p"])
+    assert after["l2"] < before["l2"] - 2.0, (before["l2"], after["l2"])
 
 
 def test_lr_schedule():

@@ -64,8 +64,7 @@ class TrajectoryNetConfig:
             or (self.length % 2 == 0 and self.block_size == self.length // 2)
         ):
             raise ValueError(
-                f"block_size must be 2*length, length or length//2 (length={self.length}), "
-                f"got {self.block_size}"
+                f"block_size must be 2*length, length or length//2 (length={self.length}), got {self.block_size}"
             )
 
 
@@ -140,9 +139,7 @@ class TrajectoryEncoder(nn.Module):
         self.resample = _resample(cfg.feature_dim, cfg.embed_dim, cfg.length, cfg.block_size)
         self.pos_emb = nn.Parameter(torch.zeros(cfg.block_size, cfg.embed_dim))
         self.drop = nn.Dropout(cfg.dropout)
-        self.encoder = TransformerEncoder(
-            cfg.embed_dim, cfg.num_heads, cfg.num_layers, cfg.mlp_ratio, cfg.dropout
-        )
+        self.encoder = TransformerEncoder(cfg.embed_dim, cfg.num_heads, cfg.num_layers, cfg.mlp_ratio, cfg.dropout)
         self.apply(_init_weights)
         nn.init.normal_(self.pos_emb, std=0.02)
 
@@ -173,20 +170,29 @@ class Posterior(nn.Module):
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
         use_cache: bool = True,
+        num_samples: int = 1,
     ) -> Tensor:
-        """Draw z ~ q(. | x) (or its greedy mode): memory (B, T, H) -> tokens (B, T) long."""
+        """Draw z ~ q(. | x) (or its greedy mode): memory (B, T, H) -> tokens (B * num_samples, T) long, the
+        ``num_samples`` draws of input b in rows b * num_samples .. (b + 1) * num_samples - 1."""
         raise NotImplementedError
 
     def forward(self, memory: Tensor, tokens: Tensor) -> Tensor:
         return self.logits(memory, tokens)  # (B, T, V)
 
     def log_prob(self, memory: Tensor, tokens: Tensor) -> Tensor:
-        """log q(z | x) summed over the T positions: -> (B,)."""
-        return categorical_log_prob(self.logits(memory, tokens), tokens)
+        """log q(z | x) summed over the T positions: memory (B, T, H), tokens (B * S, T) -> (B * S,), where S
+        samples per input are laid out as :meth:`sample` returns them (the memory is never copied S times)."""
+        return categorical_log_prob(self._logits_per_row(memory, tokens), tokens)
 
     def entropy(self, memory: Tensor, tokens: Tensor) -> Tensor:
-        """Sum over positions of the teacher-forced per-position entropy: -> (B,)."""
-        return categorical_entropy(self.logits(memory, tokens))
+        """Sum over positions of the teacher-forced per-position entropy: -> (B * S,) as in :meth:`log_prob`."""
+        return categorical_entropy(self._logits_per_row(memory, tokens))
+
+    def _logits_per_row(self, memory: Tensor, tokens: Tensor) -> Tensor:
+        logits = self.logits(memory, tokens)  # (B * S, T, V), or (B, T, V) for heads that ignore tokens
+        if logits.shape[0] != tokens.shape[0]:
+            logits = logits.repeat_interleave(tokens.shape[0] // logits.shape[0], dim=0)
+        return logits
 
 
 class ARPosterior(Posterior):
@@ -204,9 +210,7 @@ class ARPosterior(Posterior):
         self.tok_emb = nn.Embedding(cfg.vocab_size + 1, cfg.embed_dim)
         self.pos_emb = nn.Parameter(torch.zeros(cfg.block_size, cfg.embed_dim))
         self.drop = nn.Dropout(cfg.dropout)
-        self.decoder = TransformerDecoder(
-            cfg.embed_dim, cfg.num_heads, cfg.num_layers, cfg.mlp_ratio, cfg.dropout
-        )
+        self.decoder = TransformerDecoder(cfg.embed_dim, cfg.num_heads, cfg.num_layers, cfg.mlp_ratio, cfg.dropout)
         self.head = nn.Linear(cfg.embed_dim, cfg.vocab_size)  # after the decoder's final LayerNorm
         self.apply(_init_weights)
         nn.init.normal_(self.pos_emb, std=0.02)
@@ -229,16 +233,18 @@ class ARPosterior(Posterior):
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
         use_cache: bool = True,
+        num_samples: int = 1,
     ) -> Tensor:
         """T decoding steps. ``use_cache=False`` re-runs the whole prefix each step (slow reference)."""
-        B, T = memory.shape[0], self.block_size
+        B, T = memory.shape[0] * num_samples, self.block_size
         tokens = torch.empty(B, T, dtype=torch.long, device=memory.device)  # (B, T)
         if not use_cache:
+            memory = memory.repeat_interleave(num_samples, dim=0)  # the slow reference copies it
             for t in range(T):
                 logits = self.logits(memory, tokens[:, : t + 1])[:, -1]  # (B, V); z_t itself is unused
                 tokens[:, t] = sample_categorical(logits, greedy, temperature, generator)
             return tokens
-        cache = self.decoder.new_cache(memory, T)  # cross-attention keys/values computed once here
+        cache = self.decoder.new_cache(memory, T, B)  # cross-attention keys/values computed once here
         tok_table, pos_table = self.tok_emb.weight, self.pos_emb  # (V+1, H), (T, H)
         head_w, head_b = self.head.weight, self.head.bias
         tok = torch.full((B,), self.bos, dtype=torch.long, device=memory.device)  # (B,)
@@ -274,8 +280,10 @@ class NAPosterior(Posterior):
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
         use_cache: bool = True,
+        num_samples: int = 1,
     ) -> Tensor:
-        return sample_categorical(self.head(memory), greedy, temperature, generator)  # (B, T)
+        logits = self.head(memory).repeat_interleave(num_samples, dim=0)  # (B * S, T, V)
+        return sample_categorical(logits, greedy, temperature, generator)  # (B * S, T)
 
 
 # -----------------------------------------------------------------------------
@@ -294,9 +302,7 @@ class TrajectoryDecoder(nn.Module):
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.embed_dim)
         self.pos_emb = nn.Parameter(torch.zeros(cfg.block_size, cfg.embed_dim))
         self.drop = nn.Dropout(cfg.dropout)
-        self.encoder = TransformerEncoder(
-            cfg.embed_dim, cfg.num_heads, cfg.num_layers, cfg.mlp_ratio, cfg.dropout
-        )
+        self.encoder = TransformerEncoder(cfg.embed_dim, cfg.num_heads, cfg.num_layers, cfg.mlp_ratio, cfg.dropout)
         self.resample = _resample(cfg.embed_dim, cfg.embed_dim, cfg.block_size, cfg.length)
         self.out = nn.Linear(cfg.embed_dim, cfg.feature_dim)
         self.log_var = nn.Parameter(torch.zeros(cfg.feature_dim))  # variance starts at 1

@@ -67,8 +67,30 @@ class DecoderCache:
         return self.layers[0].self_attn.length if self.layers else 0
 
 
+def grouped_cross_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Cross-attention where each context serves a group of consecutive query rows.
+
+    q (B, nh, Tq, hd); k, v (Bc, nh, Tk, hd) with B = G * Bc (rows b*G .. b*G+G-1 share context b, the order of
+    ``repeat_interleave``). The G groups' queries are folded into the query axis, so the context's keys and values
+    are projected and stored once per context instead of G times (cross-attention has no mask, so this is exact).
+    -> (B, nh, Tq, hd)."""
+    B, nh, Tq, hd = q.shape
+    Bc = k.shape[0]
+    if q.shape[0] == k.shape[0]:
+        return F.scaled_dot_product_attention(q, k, v)
+    if B % Bc:
+        raise ValueError(f"{B} query rows cannot be grouped over {Bc} contexts")
+    G = B // Bc
+    q = q.reshape(Bc, G, nh, Tq, hd).transpose(1, 2).reshape(Bc, nh, G * Tq, hd)
+    y = F.scaled_dot_product_attention(q, k, v)  # (Bc, nh, G*Tq, hd)
+    return y.reshape(Bc, nh, G, Tq, hd).transpose(1, 2).reshape(B, nh, Tq, hd)
+
+
 class Attention(nn.Module):
-    """Multi-head attention, usable as self-attention (``context=None``) or cross-attention."""
+    """Multi-head attention, usable as self-attention (``context=None``) or cross-attention.
+
+    For cross-attention the context may have fewer rows than x: x's rows then come in groups of
+    ``len(x) // len(context)`` consecutive rows per context (see :func:`grouped_cross_attention`)."""
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0):
         super().__init__()
@@ -130,9 +152,14 @@ class Attention(nn.Module):
                     kv = kv.contiguous()
                     cache.kv, cache.length = kv, kv.shape[3]
             is_causal = causal
-        k, v = kv.unbind(0)  # (B, nh, Tk, hd) each
+        k, v = kv.unbind(0)  # (B or Bc, nh, Tk, hd) each
         drop = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop, is_causal=is_causal)
+        if context is not None and k.shape[0] != B and drop == 0.0:
+            y = grouped_cross_attention(q, k, v)  # (B, nh, Tq, hd)
+        else:
+            if context is not None and k.shape[0] != B:  # dropout: fall back to an explicit copy per row
+                k, v = (t.repeat_interleave(B // t.shape[0], 0) for t in (k, v))
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop, is_causal=is_causal)
         y = self.proj(y.transpose(1, 2).reshape(B, Tq, C))  # (B, Tq, C)
         if drop > 0.0:
             y = F.dropout(y, drop, training=True)
@@ -195,13 +222,9 @@ class DecoderBlock(nn.Module):
 class TransformerEncoder(nn.Module):
     """Stack of EncoderBlocks + final LayerNorm: (B, T, C) -> (B, T, C)."""
 
-    def __init__(
-        self, embed_dim: int, num_heads: int, num_layers: int, mlp_ratio: float = 4, dropout: float = 0.0
-    ):
+    def __init__(self, embed_dim: int, num_heads: int, num_layers: int, mlp_ratio: float = 4, dropout: float = 0.0):
         super().__init__()
-        self.blocks = nn.ModuleList(
-            EncoderBlock(embed_dim, num_heads, mlp_ratio, dropout) for _ in range(num_layers)
-        )
+        self.blocks = nn.ModuleList(EncoderBlock(embed_dim, num_heads, mlp_ratio, dropout) for _ in range(num_layers))
         self.ln_f = nn.LayerNorm(embed_dim)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -213,15 +236,11 @@ class TransformerEncoder(nn.Module):
 class TransformerDecoder(nn.Module):
     """Stack of DecoderBlocks + final LayerNorm, teacher-forced (``forward``) or incremental (``step``)."""
 
-    def __init__(
-        self, embed_dim: int, num_heads: int, num_layers: int, mlp_ratio: float = 4, dropout: float = 0.0
-    ):
+    def __init__(self, embed_dim: int, num_heads: int, num_layers: int, mlp_ratio: float = 4, dropout: float = 0.0):
         super().__init__()
         self.num_heads = num_heads
         self.dropout = dropout
-        self.blocks = nn.ModuleList(
-            DecoderBlock(embed_dim, num_heads, mlp_ratio, dropout) for _ in range(num_layers)
-        )
+        self.blocks = nn.ModuleList(DecoderBlock(embed_dim, num_heads, mlp_ratio, dropout) for _ in range(num_layers))
         self.ln_f = nn.LayerNorm(embed_dim)
 
     def forward(self, x: Tensor, memory: Tensor) -> Tensor:
@@ -230,14 +249,16 @@ class TransformerDecoder(nn.Module):
             x = block(x, memory)
         return self.ln_f(x)
 
-    def new_cache(self, memory: Tensor, max_len: int) -> DecoderCache:
-        """Cache for decoding up to ``max_len`` positions against ``memory`` (B, Tk, C).
+    def new_cache(self, memory: Tensor, max_len: int, batch_size: int | None = None) -> DecoderCache:
+        """Cache for decoding up to ``max_len`` positions against ``memory`` (Bc, Tk, C), for ``batch_size``
+        sequences (default Bc; a multiple of Bc decodes that many sequences per memory row).
 
         Self-attention buffers are allocated on the memory's device/dtype; the cross-attention
         keys/values of the memory are computed here, once (so make the cache under the grad mode
         of the steps: a cache made under ``torch.no_grad()`` passes no gradient to them).
         """
-        B, _, C = memory.shape
+        _, _, C = memory.shape
+        B = batch_size or memory.shape[0]
         shape = (2, B, self.num_heads, max_len, C // self.num_heads)
         layers = [
             LayerCache(
@@ -273,8 +294,8 @@ class TransformerDecoder(nn.Module):
             y = F.scaled_dot_product_attention(qkv[0], k, v)  # (B, nh, 1, hd)
             x = x + F.linear(y.reshape(B, 1, C), *w.self_proj)  # (B, 1, C)
             q = F.linear(F.layer_norm(x, *w.ln_2), *w.cross_q).view(B, nh, 1, hd)
-            k, v = layer_cache.cross_attn.kv.unbind(0)  # (B, nh, Tk, hd)
-            y = F.scaled_dot_product_attention(q, k, v)  # (B, nh, 1, hd)
+            k, v = layer_cache.cross_attn.kv.unbind(0)  # (Bc, nh, Tk, hd)
+            y = grouped_cross_attention(q, k, v)  # (B, nh, 1, hd)
             x = x + F.linear(y.reshape(B, 1, C), *w.cross_proj)
             h = F.gelu(F.linear(F.layer_norm(x, *w.ln_3), *w.fc))  # (B, 1, R*C)
             x = x + F.linear(h, *w.mlp_proj)
