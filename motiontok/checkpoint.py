@@ -85,6 +85,11 @@ def load_checkpoint(
     return tensors, config, state
 
 
+def strip_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries of ``tensors`` under ``prefix`` (e.g. ``"model."``), with the prefix removed."""
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Replace a small text file atomically (used for the ``latest`` pointer)."""
     path = Path(path)

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from motiontok import features as feat
-from motiontok.checkpoint import load_checkpoint, save_checkpoint
+from motiontok.checkpoint import load_checkpoint, save_checkpoint, strip_prefix
 from motiontok.errors import CheckpointError
 from motiontok.models import DiscreteVAE
 from motiontok.motion import MotionClip
@@ -191,13 +191,9 @@ class MotionTokenizer(nn.Module):
         try:
             model = DiscreteVAE(TrajectoryNetConfig(**config["net"]), config.get("posterior", "ar"))
             normalizer = RunningNormalizer(model.cfg.feature_dim)
-            model.load_state_dict(_strip(tensors, "model."))
-            normalizer.load_state_dict(_strip(tensors, "normalizer."))
+            model.load_state_dict(strip_prefix(tensors, "model."))
+            normalizer.load_state_dict(strip_prefix(tensors, "normalizer."))
         except (KeyError, TypeError, RuntimeError, ValueError) as err:
             raise CheckpointError(f"{path}: weights do not match the recorded config ({err})") from None
         tok = cls(model, normalizer, config["fps"], config)
         return tok.to(device) if device is not None else tok
-
-
-def _strip(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import platform
 import shutil
 import signal
 import time
@@ -23,7 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from motiontok.checkpoint import load_checkpoint, save_checkpoint, write_text_atomic
+from motiontok.checkpoint import load_checkpoint, save_checkpoint, strip_prefix, write_text_atomic
 from motiontok.data import WindowSampler, fixed_windows, split_train_val
 from motiontok.errors import CheckpointError
 from motiontok.estimators import Estimator
@@ -86,6 +87,21 @@ class Objective(nn.Module):
     def forward(self, x: Tensor, step: int) -> tuple[Tensor, dict[str, Tensor]]:
         out = self.estimator(self.model, x, step)
         return out.loss, out.metrics
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    """Where a checkpoint was trained (recorded next to it)."""
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
 
 
 def resolve_device(name: str) -> torch.device:
@@ -167,9 +183,9 @@ def train(
     normalizer.to(device)
     objective = Objective(model, estimator)
     optimizer = make_optimizer(objective, cfg)
-    step = 0
+    step, elapsed = 0, 0.0
     if (ckpt_root / "latest").is_file():
-        step = _resume(
+        step, elapsed = _resume(
             ckpt_root / (ckpt_root / "latest").read_text().strip(),
             objective,
             optimizer,
@@ -193,16 +209,28 @@ def train(
         from tqdm import tqdm
 
         bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
-    records = dict(records or {}, train=dataclasses.asdict(cfg), world_size=world)
+    records = dict(records or {}, train=dataclasses.asdict(cfg), world_size=world, machine=machine_info(device))
+    stop = _Stop()
+    t_start = time.monotonic()
 
     def checkpoint() -> None:
         if main:
-            _save(ckpt_root, step, objective, optimizer, sampler, normalizer, train_set.fps, records, cfg)
+            seconds = elapsed + time.monotonic() - t_start
+            _save(
+                ckpt_root,
+                step,
+                objective,
+                optimizer,
+                sampler,
+                normalizer,
+                train_set.fps,
+                records | {"train_seconds": round(seconds, 1)},
+                cfg,
+                seconds,
+            )
         if distributed:
             dist.barrier()
 
-    stop = _Stop()
-    t_start = time.monotonic()
     metrics: dict[str, Tensor] = {}
     last_ckpt = step
     while step < cfg.steps:
@@ -260,7 +288,8 @@ def train(
             final = evaluate_tokenizer(model, normalizer, val_windows, train_set.fps, estimator.beta(step))
             for k, v in final.items():
                 writer.add_scalar(f"val_final/{k}", v, step)
-        tok.save(out_dir / "final", **records, step=step, val_metrics=final)
+        seconds = round(elapsed + time.monotonic() - t_start, 1)
+        tok.save(out_dir / "final", **records, step=step, train_seconds=seconds, val_metrics=final)
     if writer is not None:
         writer.close()
     if distributed:
@@ -279,12 +308,14 @@ def _save(
     fps: float,
     records: dict[str, Any],
     cfg: TrainConfig,
+    seconds: float,
 ) -> None:
     tensors = {f"model.{k}": v for k, v in objective.model.state_dict().items()}
     tensors |= {f"normalizer.{k}": v for k, v in normalizer.state_dict().items()}
     tensors |= {f"estimator.{k}": v for k, v in objective.estimator.state_dict().items()}
     state = {
         "step": step,
+        "elapsed_s": seconds,
         "optimizer": optimizer.state_dict(),
         "sampler_rng": sampler.generator.get_state(),
         "torch_rng": torch.get_rng_state(),
@@ -306,12 +337,13 @@ def _resume(
     normalizer: RunningNormalizer,
     rank: int,
     device: torch.device,
-) -> int:
+) -> tuple[int, float]:
+    """Restore a run from ``path``; returns (step, seconds trained so far)."""
     tensors, _, state = load_checkpoint(path, map_location="cpu", trainer_state=True)
     try:
-        objective.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        objective.estimator.load_state_dict({k[10:]: v for k, v in tensors.items() if k.startswith("estimator.")})
-        normalizer.load_state_dict({k[11:]: v for k, v in tensors.items() if k.startswith("normalizer.")})
+        objective.model.load_state_dict(strip_prefix(tensors, "model."))
+        objective.estimator.load_state_dict(strip_prefix(tensors, "estimator."))
+        normalizer.load_state_dict(strip_prefix(tensors, "normalizer."))
         optimizer.load_state_dict(state["optimizer"])
     except (RuntimeError, KeyError, ValueError) as err:
         raise CheckpointError(f"{path}: cannot resume this run from it ({err})") from None
@@ -324,4 +356,4 @@ def _resume(
         sampler.generator.manual_seed(int(state["step"]) * 7919 + rank)
         torch.manual_seed(int(state["step"]) * 7919 + rank)
     objective.to(device)
-    return int(state["step"])
+    return int(state["step"]), float(state.get("elapsed_s", 0.0))

@@ -26,9 +26,9 @@ import sys
 import time
 from pathlib import Path
 
+from motiontok.data import PAPER_VAL_FILES as VALIDATION_CLIPS  # used by default when the data holds them
+
 DEFAULT_FPS = 30.0
-VALIDATION_CLIPS = ("dance2_subject2", "fight1_subject2", "run2_subject1", "walk2_subject4")
-"""The paper's validation clips, used by default when the data holds them."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -84,6 +84,7 @@ def test_final_tokenizer_and_records(dataset, tmp_path):
     tok = MotionTokenizer.load(tmp_path / "run" / "final")
     cfg = json.loads((tmp_path / "run" / "final" / "config.json").read_text())
     assert cfg["step"] == 8 and cfg["train"]["batch_size"] == 4 and "val_metrics" in cfg
+    assert cfg["train_seconds"] > 0 and cfg["machine"]["device"] == "cpu" and cfg["machine"]["cpu_count"] >= 1
     assert tok.num_tokens == 16
     # The shipped pointer names the newest checkpoint and older ones were pruned to keep_checkpoints.
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step_0000008"
