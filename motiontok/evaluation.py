@@ -12,6 +12,7 @@ from motiontok import daps
 from motiontok import features as feat
 from motiontok.models import DiscreteVAE
 from motiontok.motion import forward_kinematics
+from motiontok.nets import gaussian_log_prob
 from motiontok.normalizer import RunningNormalizer
 
 
@@ -28,7 +29,8 @@ def evaluate_tokenizer(
     """Metrics over raw windows (W, L, F):
 
     * ``log_p``: mean log p(x|z) with z ~ q(z|x) (one sample per window), standardized units;
-    * ``log_p_greedy`` and ``l2`` (Euclidean norm of x - x_hat per window, standardized) with the greedy code;
+    * ``log_p_greedy`` and ``l2`` (Euclidean norm of x - x_hat per window, standardized) with the greedy code,
+      ``l2_sample`` with the sampled one;
     * ``kl``: KL(q || uniform prior) = log q(z|x) + T log V, estimated with the sample; ``elbo`` = log_p - kl,
       ``beta_elbo`` = log_p - beta * kl;
     * ``entropy``: the encoder's per-window entropy (teacher-forced along the sample, summed over positions);
@@ -40,7 +42,7 @@ def evaluate_tokenizer(
     model.eval()
     device = next(model.parameters()).device
     T, V = model.cfg.block_size, model.cfg.vocab_size
-    sums = {k: 0.0 for k in ("log_p", "log_p_greedy", "l2", "kl", "entropy")}
+    sums = {k: 0.0 for k in ("log_p", "log_p_greedy", "l2", "l2_sample", "kl", "entropy")}
     counts = torch.zeros(V, dtype=torch.long)
     recon = []
     for start in range(0, len(windows), batch_size):
@@ -49,10 +51,12 @@ def evaluate_tokenizer(
         z_greedy = model.posterior.sample(memory, greedy=True)  # (b, T)
         z = model.posterior.sample(memory)  # (b, T)
         log_q = model.posterior.log_prob(memory, z)  # (b,)
-        mean_g = model.reconstruct(z_greedy)  # (b, L, F)
-        sums["log_p"] += model.log_p(x, z).sum().item()
-        sums["log_p_greedy"] += model.log_p(x, z_greedy).sum().item()
+        mean_g, var = model.decoder(z_greedy)  # (b, L, F), (F,)
+        mean_s, _ = model.decoder(z)
+        sums["log_p"] += gaussian_log_prob(x, mean_s, var).sum().item()
+        sums["log_p_greedy"] += gaussian_log_prob(x, mean_g, var).sum().item()
         sums["l2"] += (x - mean_g).flatten(1).norm(dim=1).sum().item()
+        sums["l2_sample"] += (x - mean_s).flatten(1).norm(dim=1).sum().item()
         sums["kl"] += daps.kl_to_uniform(log_q[:, None], T, V).sum().item()
         sums["entropy"] += model.posterior.entropy(memory, z).sum().item()
         counts += torch.bincount(z_greedy.flatten().cpu(), minlength=V)

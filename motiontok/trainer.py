@@ -50,6 +50,9 @@ class TrainConfig:
     """Linear LR warm-up."""
     weight_decay: float = 0.01
     """AdamW weight decay on matrices (not on biases, norms, embeddings' positions or log-eta)."""
+    recognition_lr_scale: float = 1.0
+    """Learning rate of the recognition model (encoder + posterior) relative to ``lr``. Below 1 the decoder learns
+    what the codes mean before the encoder sharpens onto codes that merely fit the average window."""
     eta_lr: float = 1e-2
     """Adam learning rate of log(eta) (the trust-region multiplier adapts faster than the networks)."""
     grad_clip: float = 1.0
@@ -119,13 +122,17 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 
 
 def make_optimizer(objective: Objective, cfg: TrainConfig) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for name, p in objective.model.named_parameters():
-        (decay if p.ndim >= 2 and "pos_emb" not in name else no_decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay, "lr": cfg.lr, "base_lr": cfg.lr},
-        {"params": no_decay, "weight_decay": 0.0, "lr": cfg.lr, "base_lr": cfg.lr},
-    ]
+    groups = []
+    for recognition in (True, False):
+        lr = cfg.lr * (cfg.recognition_lr_scale if recognition else 1.0)
+        decay, no_decay = [], []
+        for name, p in objective.model.named_parameters():
+            if name.startswith("decoder.") != recognition:
+                (decay if p.ndim >= 2 and "pos_emb" not in name else no_decay).append(p)
+        groups += [
+            {"params": decay, "weight_decay": cfg.weight_decay, "lr": lr, "base_lr": lr},
+            {"params": no_decay, "weight_decay": 0.0, "lr": lr, "base_lr": lr},
+        ]
     est = list(objective.estimator.parameters())
     if est:
         groups.append({"params": est, "weight_decay": 0.0, "lr": cfg.eta_lr, "base_lr": cfg.eta_lr, "fixed": True})
