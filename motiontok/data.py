@@ -116,7 +116,8 @@ class MotionDataset:
                 split = h5["split_points"][:]
                 names = [n.decode() if isinstance(n, bytes) else str(n) for n in h5["clip_names"][:]]
                 srcs = [n.decode() if isinstance(n, bytes) else str(n) for n in h5["clip_files"][:]]
-                keep = [i for i, f in enumerate(srcs) if (files is None or f in files) and f not in set(exclude)]
+                excluded = set(exclude)
+                keep = [i for i, f in enumerate(srcs) if (files is None or f in files) and f not in excluded]
                 rows = np.concatenate([np.arange(split[i], split[i + 1]) for i in keep]) if keep else np.zeros(0, int)
                 arrays = {k: h5[k][:][rows] for k in ("features", "qpos", "com", "key_pos")}
                 fps = float(h5.attrs["fps"])

@@ -130,7 +130,7 @@ class MotionTokenizer(nn.Module):
     def stitch_windows(self, windows: np.ndarray, num_frames: int) -> np.ndarray:
         """Inverse of :meth:`split_windows`: (W, 32, 127) -> (num_frames, 127)."""
         L = self.window
-        out = np.concatenate(list(windows[: num_frames // L]), axis=0) if num_frames >= L else np.zeros((0, 127))
+        out = windows[: num_frames // L].reshape(-1, windows.shape[-1])  # whole windows laid end to end
         rest = num_frames - len(out)
         if rest > 0:
             out = np.concatenate([out, windows[-1][L - rest :]], axis=0)

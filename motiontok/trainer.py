@@ -79,6 +79,10 @@ class TrainConfig:
     """Show a progress bar (rank 0)."""
 
 
+PROGRESS_KEYS = ("charts/log_p", "charts/ess", "charts/eta", "charts/beta")
+"""Metrics shown on the progress bar when the estimator reports them."""
+
+
 class Objective(nn.Module):
     """Model + estimator in one module, so DDP sees a single forward and synchronises every gradient."""
 
@@ -251,18 +255,16 @@ def train(
             metrics["charts/grad_norm"] = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).detach()
         optimizer.step()
         step += 1
-        if main and step % cfg.log_every == 0:
-            for k, v in metrics.items():
-                writer.add_scalar(k, float(v), step)
+        if main and step % cfg.log_every == 0:  # reading metrics syncs the device: only every log_every steps
+            values = {k: float(v) for k, v in metrics.items()}
+            for k, v in values.items():
+                writer.add_scalar(k, v, step)
             writer.add_scalar("charts/lr", optimizer.param_groups[0]["lr"], step)
+            if bar is not None:
+                shown = {k.split("/")[-1]: f"{values[k]:.4g}" for k in PROGRESS_KEYS if k in values}
+                bar.set_postfix(shown, refresh=False)
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(
-                log_p=f"{float(metrics['charts/log_p']):.0f}",
-                ess=f"{float(metrics['charts/ess']):.2f}",
-                eta=f"{float(metrics['charts/eta']):.3g}",
-                refresh=False,
-            )
         if main and val_windows is not None and cfg.eval_every and step % cfg.eval_every == 0:
             res = evaluate_tokenizer(
                 model,
