@@ -235,7 +235,7 @@ def train(
                 sampler,
                 normalizer,
                 train_set.fps,
-                records | {"train_seconds": round(seconds, 1)},
+                records,
                 cfg,
                 seconds,
             )
@@ -331,7 +331,8 @@ def _save(
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
     name = f"step_{step:07d}"
-    save_checkpoint(root / name, tensors, tokenizer_config(objective.model, fps, **records, step=step), state)
+    config = tokenizer_config(objective.model, fps, **records, step=step, train_seconds=round(seconds, 1))
+    save_checkpoint(root / name, tensors, config, state)
     write_text_atomic(root / "latest", name + "\n")
     old = sorted(p for p in root.glob("step_*") if p.is_dir() and p.name != name)
     for p in old[: max(0, len(old) - (cfg.keep_checkpoints - 1))]:

@@ -51,9 +51,10 @@ class TrajectoryNetConfig:
     memory_skip: bool = True
     """Autoregressive posterior: add the encoding of latent position t (the recognition model resamples the
     window to exactly T positions) to the decoder's input at t, besides cross-attending to all of it. Without
-    it, position t reaches its local features only through attention that is near-uniform at initialisation,
-    so every position starts with the same logits (greedy perplexity ~1-8 of 1024 on LAFAN) and DAPS has no
-    x-dependent samples to learn from. Not in the paper (which trains 125x longer)."""
+    it, position t reaches its local features only through attention that is near-uniform at initialisation.
+    Measured on LAFAN (CPU budget, same batches): greedy code perplexity at init 377 with it vs 259 without, and
+    validation L2 60.1 at step 150 with it vs 68.3 at step 250 without (that posterior collapsed to ~3% of codes).
+    Not in the paper; ``preset=paper`` turns it off."""
 
     def __post_init__(self) -> None:
         for name in ("feature_dim", "length", "block_size", "vocab_size", "embed_dim", "num_heads"):
