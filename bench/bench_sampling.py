@@ -1,4 +1,5 @@
-"""Benchmark ARPosterior sampling with and without the KV cache, and batch-1 window encoding latency.
+"""Benchmark ARPosterior sampling with and without the KV cache, and batch-1 greedy encoding latency (torch, and
+the NumPy decoder that ``MotionTokenizer.encode`` uses on CPU for a few windows).
 
 Prints one JSON object to stdout (progress goes to stderr). Paper LAFAN config (G.1): F=127, L=32, T=64,
 V=1024, H=128, 4 heads, 2 layers; untrained weights (timings do not depend on the values).
@@ -26,6 +27,8 @@ from collections.abc import Callable
 import torch
 
 from motiontok.nets import ARPosterior, TrajectoryEncoder, TrajectoryNetConfig
+from motiontok.nets.greedy_cpu import GreedyDecoderCPU
+from motiontok.tokenizer import GREEDY_CPU_MAX_BATCH
 
 
 def log(msg: str) -> None:
@@ -83,17 +86,38 @@ def bench_sampling(posterior: ARPosterior, memory: torch.Tensor, device: torch.d
 def bench_encode(
     encoder: TrajectoryEncoder, posterior: ARPosterior, cfg: TrajectoryNetConfig, device, repeats: int
 ) -> dict:
-    """Batch-1 latency of encoding one window: TrajectoryEncoder + greedy ARPosterior.sample."""
+    """Latency of greedy encoding (TrajectoryEncoder + greedy decoding): batch 1, torch path and, on CPU, the
+    NumPy decoder that MotionTokenizer.encode uses for up to GREEDY_CPU_MAX_BATCH windows; then both paths at
+    small batches (the crossover that sets that constant)."""
     x = torch.randn(1, cfg.length, cfg.feature_dim, device=device)
     log(f"  encode one window (b1, greedy): up to {repeats} repeats")
     times = timed_ms(lambda: posterior.sample(encoder(x), greedy=True), device, repeats, 5)
     enc_times = timed_ms(lambda: encoder(x), device, repeats, 5, budget_s=3.0)
-    return {
-        "encode_window_b1_ms": round(statistics.median(times), 2),
-        "encode_window_b1_ms_min": round(min(times), 2),
-        "encode_window_b1_runs": len(times),
+    row = {
+        "encode_window_b1_torch_ms": round(statistics.median(times), 2),
+        "encode_window_b1_torch_ms_min": round(min(times), 2),
         "encoder_only_b1_ms": round(statistics.median(enc_times), 3),
     }
+    if device.type != "cpu":
+        return row
+    fast = GreedyDecoderCPU(posterior)
+    times = timed_ms(lambda: fast(encoder(x)), device, repeats, 5)
+    row |= {
+        "encode_window_b1_numpy_ms": round(statistics.median(times), 2),
+        "encode_window_b1_numpy_ms_min": round(min(times), 2),
+        "numpy_speedup_b1": round(row["encode_window_b1_torch_ms"] / statistics.median(times), 2),
+        "greedy_cpu_max_batch": GREEDY_CPU_MAX_BATCH,
+        "greedy_decode_ms_by_batch": {},
+    }
+    for batch in (2, 4, 8, 16):
+        memory = encoder(torch.randn(batch, cfg.length, cfg.feature_dim))
+        t_torch = timed_ms(lambda m=memory: posterior.sample(m, greedy=True), device, 5, 1, budget_s=4.0)
+        t_numpy = timed_ms(lambda m=memory: fast(m), device, 5, 1, budget_s=4.0)
+        row["greedy_decode_ms_by_batch"][f"b{batch}"] = {
+            "torch": round(statistics.median(t_torch), 2),
+            "numpy": round(statistics.median(t_numpy), 2),
+        }
+    return row
 
 
 def main() -> None:

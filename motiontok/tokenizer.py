@@ -21,13 +21,17 @@ from motiontok.checkpoint import load_checkpoint, save_checkpoint, strip_prefix
 from motiontok.errors import CheckpointError
 from motiontok.models import DiscreteVAE
 from motiontok.motion import MotionClip
-from motiontok.nets import TrajectoryNetConfig
+from motiontok.nets import ARPosterior, TrajectoryNetConfig
+from motiontok.nets.greedy_cpu import GreedyDecoderCPU
 from motiontok.normalizer import RunningNormalizer
 
 FORMAT = "motiontok.tokenizer"
 FORMAT_VERSION = 1
 FEATURE_LAYOUT = "h1-relpose-127-v1"
 """Name of the feature layout in ``motiontok.features``; bump it when the layout changes."""
+GREEDY_CPU_MAX_BATCH = 4
+"""Greedy ``encode`` of at most this many windows on CPU runs the NumPy decoder (``nets.greedy_cpu``), which
+wins while per-op overhead dominates; larger batches use torch's batched ops (see bench/bench_sampling.py)."""
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "checkpoints" / "tokenizer_h1"
 
 
@@ -60,6 +64,7 @@ class MotionTokenizer(nn.Module):
         self.fps = float(fps)
         self.config = dict(config or {})
         """The loaded ``config.json`` (training records included), empty for a tokenizer built in code."""
+        self._greedy_cpu: tuple[tuple[tuple[int, int], ...], GreedyDecoderCPU] | None = None
         self.eval()
 
     # ------------------------------------------------------------------ properties
@@ -96,8 +101,23 @@ class MotionTokenizer(nn.Module):
         if not torch.isfinite(x_t).all():
             raise ValueError("encode got NaN or inf in its input")
         z = self.normalizer.normalize(x_t.to(self.device, torch.float32))
-        tokens = self.model.encode(z, greedy=not sample, temperature=temperature)  # (B, T)
+        fast = self._greedy_decoder_cpu() if not sample and len(z) <= GREEDY_CPU_MAX_BATCH else None
+        if fast is not None:
+            tokens = torch.from_numpy(fast(self.model.memory(z))[0])  # (B, T), same codes as the torch path
+        else:
+            tokens = self.model.encode(z, greedy=not sample, temperature=temperature)  # (B, T)
         return tokens.to(x_t.device)
+
+    def _greedy_decoder_cpu(self) -> GreedyDecoderCPU | None:
+        """The NumPy greedy decoder for an autoregressive posterior on CPU, rebuilt whenever a posterior
+        parameter was replaced or modified in place (tracked by the tensors' version counters)."""
+        posterior = self.model.posterior
+        if self.device.type != "cpu" or not isinstance(posterior, ARPosterior) or posterior.training:
+            return None
+        key = tuple((p.data_ptr(), p._version) for p in posterior.parameters())
+        if self._greedy_cpu is None or self._greedy_cpu[0] != key:
+            self._greedy_cpu = (key, GreedyDecoderCPU(posterior))
+        return self._greedy_cpu[1]
 
     @torch.no_grad()
     def decode(self, tokens: Tensor | np.ndarray, dtype: torch.dtype = torch.float32) -> Tensor:

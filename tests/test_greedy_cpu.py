@@ -1,0 +1,70 @@
+"""The NumPy greedy decoder used by MotionTokenizer.encode for a few windows on CPU equals the torch path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from motiontok.nets import ARPosterior, TrajectoryEncoder, TrajectoryNetConfig
+from motiontok.nets.greedy_cpu import GreedyDecoderCPU
+from tests.test_tokenizer_api import make_tokenizer
+
+
+def make(memory_skip: bool, num_layers: int, seed: int = 0) -> tuple[ARPosterior, torch.Tensor]:
+    """A posterior with every LayerNorm gain/bias and the head perturbed (the folds must carry them), + memory."""
+    torch.manual_seed(seed)
+    cfg = TrajectoryNetConfig(
+        block_size=16, vocab_size=40, embed_dim=32, num_heads=4, num_layers=num_layers, memory_skip=memory_skip
+    )
+    posterior = ARPosterior(cfg).eval()
+    for m in posterior.modules():
+        if isinstance(m, nn.LayerNorm):
+            nn.init.normal_(m.weight, 1.0, 0.3)
+            nn.init.normal_(m.bias, 0.0, 0.3)
+    nn.init.normal_(posterior.head.weight, std=0.5)
+    with torch.no_grad():
+        memory = TrajectoryEncoder(cfg)(torch.randn(3, cfg.length, cfg.feature_dim))  # (3, T, C)
+    return posterior, memory
+
+
+@pytest.mark.parametrize(("memory_skip", "num_layers"), [(True, 2), (False, 1)])
+def test_logits_and_tokens_equal_the_torch_path(memory_skip, num_layers):
+    posterior, memory = make(memory_skip, num_layers)
+    fast = GreedyDecoderCPU(posterior)
+    tokens = posterior.sample(memory, greedy=True)  # (3, T) torch reference
+    fast_tokens, no_logits = fast(memory)
+    assert no_logits is None
+    np.testing.assert_array_equal(fast_tokens, tokens.numpy())
+    # teacher-forced on other sequences too: every position's logits, not only the argmax
+    forced = torch.randint(0, 40, tokens.shape)
+    forced_tokens, logits = fast(memory, forced=forced)
+    np.testing.assert_array_equal(forced_tokens, forced.numpy())
+    with torch.no_grad():
+        reference = posterior.logits(memory, forced)  # (3, T, V)
+    np.testing.assert_allclose(logits, reference.numpy(), rtol=0, atol=2e-5 * float(reference.abs().max()))
+
+
+def test_rejects_memory_of_the_wrong_length():
+    posterior, memory = make(True, 1)
+    with pytest.raises(ValueError, match="positions"):
+        GreedyDecoderCPU(posterior)(memory[:, :5])
+
+
+def test_tokenizer_uses_it_for_small_batches_and_follows_weight_changes():
+    tok = make_tokenizer()
+    x = torch.randn(6, 32, 127) * tok.normalizer.std.float() + tok.normalizer.mean.float()
+
+    def torch_path(windows: torch.Tensor) -> torch.Tensor:
+        return tok.model.encode(tok.normalizer.normalize(windows))
+
+    torch.testing.assert_close(tok.encode(x[:2]), torch_path(x[:2]), rtol=0, atol=0)
+    assert tok._greedy_cpu is not None  # the NumPy decoder ran
+    torch.testing.assert_close(tok.encode(x), torch_path(x), rtol=0, atol=0)  # the torch path (6 > 4)
+    before = tok.encode(x[:1])
+    with torch.no_grad():  # an in-place update, as an optimizer makes: the NumPy copy must be rebuilt
+        tok.model.posterior.head.bias[before[0, 0]] -= 100.0
+    after = tok.encode(x[:1])
+    assert after[0, 0] != before[0, 0]
+    torch.testing.assert_close(after, torch_path(x[:1]), rtol=0, atol=0)
