@@ -1,7 +1,7 @@
 """Ship a trained tokenizer: copy a run's final/ directory and write a README with its training record.
 
     python scripts/export_tokenizer.py --run runs/tokenizer --out assets/checkpoints/tokenizer_h1 \\
-        --eval-json eval_tokenizer.json [--ik-json eval_ik.json]
+        --eval-json eval_tokenizer.json [--ik-json eval_ik.json] [--notes notes.md]
 
 The README states the exact training command, the resolved config, the machine, the training time and the
 validation metrics (from scripts/eval_tokenizer.py --json and, optionally, scripts/eval_ik_playback.py --json).
@@ -48,7 +48,7 @@ def _table(metrics: dict, keys: tuple[str, ...]) -> str:
     return "| metric | value |\n| --- | --- |\n" + "\n".join(rows)
 
 
-def render_readme(config: dict, eval_metrics: dict, ik_metrics: dict | None) -> str:
+def render_readme(config: dict, eval_metrics: dict, ik_metrics: dict | None, notes: str = "") -> str:
     hours = config.get("train_seconds", 0.0) / 3600
     machine = config.get("machine", {})
     cfg = config.get("config", {})
@@ -86,6 +86,8 @@ def render_readme(config: dict, eval_metrics: dict, ik_metrics: dict | None) -> 
             "",
             _table(ik_metrics, IK_KEYS),
         ]
+    if notes.strip():
+        lines += ["", "## Notes", "", notes.strip()]
     return "\n".join(lines) + "\n"
 
 
@@ -95,19 +97,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="destination directory (replaced)")
     parser.add_argument("--eval-json", required=True, help="output of scripts/eval_tokenizer.py --json")
     parser.add_argument("--ik-json", help="output of scripts/eval_ik_playback.py --json (optional)")
+    parser.add_argument("--notes", help="a Markdown file appended as the README's Notes section (optional)")
     args = parser.parse_args(argv)
     src = Path(args.run) / "final"
     try:
         tok = MotionTokenizer.load(src)
         eval_metrics = json.loads(Path(args.eval_json).read_text())
         ik_metrics = json.loads(Path(args.ik_json).read_text()) if args.ik_json else None
+        notes = Path(args.notes).read_text() if args.notes else ""
     except (CheckpointError, OSError, json.JSONDecodeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     out = Path(args.out)
     tmp = Path(tempfile.mkdtemp(dir=out.parent if out.parent.exists() else None, prefix=".export-"))
     shutil.copytree(src, tmp / "ckpt")
-    (tmp / "ckpt" / "README.md").write_text(render_readme(tok.config, eval_metrics, ik_metrics))
+    (tmp / "ckpt" / "README.md").write_text(render_readme(tok.config, eval_metrics, ik_metrics, notes))
     MotionTokenizer.load(tmp / "ckpt")  # the copy is loadable
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists():
