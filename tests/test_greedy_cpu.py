@@ -68,3 +68,18 @@ def test_tokenizer_uses_it_for_small_batches_and_follows_weight_changes():
     after = tok.encode(x[:1])
     assert after[0, 0] != before[0, 0]
     torch.testing.assert_close(after, torch_path(x[:1]), rtol=0, atol=0)
+
+
+def test_is_a_snapshot_of_the_weights_it_was_built_from():
+    posterior, memory = make(True, 2)
+    forced = torch.randint(0, 40, (3, 16))
+    fast = GreedyDecoderCPU(posterior)
+    before = fast(memory, forced=forced)[1]
+    with torch.no_grad():
+        for p in posterior.parameters():
+            p.mul_(1.5)  # in place, as an optimizer step would
+        moved = posterior.logits(memory, forced).numpy()
+    np.testing.assert_array_equal(fast(memory, forced=forced)[1], before)  # the snapshot did not move ...
+    assert not np.allclose(moved, before, atol=1e-2)  # ... while the posterior did
+    rebuilt = GreedyDecoderCPU(posterior)(memory, forced=forced)[1]
+    np.testing.assert_allclose(rebuilt, moved, rtol=0, atol=2e-5 * float(np.abs(moved).max()))

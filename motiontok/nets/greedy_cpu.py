@@ -34,6 +34,7 @@ _SQRT_HALF = 1.0 / math.sqrt(2.0)
 
 
 def _np(t: Tensor) -> np.ndarray:
+    """A float64 copy (the folds are computed in float64, then stored as float32)."""
     return t.detach().to("cpu", torch.float64).numpy().copy()
 
 
@@ -116,7 +117,7 @@ class GreedyDecoderCPU:
             qkv = _fold(block.ln_1, sa.qkv.weight, sa.qkv.bias)
             qkv.w[:, :C] *= q_scale
             qkv.c[:C] *= q_scale
-            cpu32 = {"device": "cpu", "dtype": torch.float32}
+            cpu32 = {"device": "cpu", "dtype": torch.float32, "copy": True}  # a snapshot, like the NumPy arrays
             self.layers.append(
                 _Layer(
                     qkv=qkv,
