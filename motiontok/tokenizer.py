@@ -103,7 +103,7 @@ class MotionTokenizer(nn.Module):
         z = self.normalizer.normalize(x_t.to(self.device, torch.float32))
         fast = self._greedy_decoder_cpu() if not sample and len(z) <= GREEDY_CPU_MAX_BATCH else None
         if fast is not None:
-            tokens = torch.from_numpy(fast(self.model.memory(z))[0])  # (B, T), same codes as the torch path
+            tokens = torch.from_numpy(fast(self.model.memory(z)))  # (B, T), same codes as the torch path
         else:
             tokens = self.model.encode(z, greedy=not sample, temperature=temperature)  # (B, T)
         return tokens.to(x_t.device)

@@ -34,13 +34,10 @@ def test_logits_and_tokens_equal_the_torch_path(memory_skip, num_layers):
     posterior, memory = make(memory_skip, num_layers)
     fast = GreedyDecoderCPU(posterior)
     tokens = posterior.sample(memory, greedy=True)  # (3, T) torch reference
-    fast_tokens, no_logits = fast(memory)
-    assert no_logits is None
-    np.testing.assert_array_equal(fast_tokens, tokens.numpy())
+    np.testing.assert_array_equal(fast(memory), tokens.numpy())
     # teacher-forced on other sequences too: every position's logits, not only the argmax
     forced = torch.randint(0, 40, tokens.shape)
-    forced_tokens, logits = fast(memory, forced=forced)
-    np.testing.assert_array_equal(forced_tokens, forced.numpy())
+    logits = fast.teacher_forced_logits(memory, forced)
     with torch.no_grad():
         reference = posterior.logits(memory, forced)  # (3, T, V)
     np.testing.assert_allclose(logits, reference.numpy(), rtol=0, atol=2e-5 * float(reference.abs().max()))
@@ -74,12 +71,12 @@ def test_is_a_snapshot_of_the_weights_it_was_built_from():
     posterior, memory = make(True, 2)
     forced = torch.randint(0, 40, (3, 16))
     fast = GreedyDecoderCPU(posterior)
-    before = fast(memory, forced=forced)[1]
+    before = fast.teacher_forced_logits(memory, forced)
     with torch.no_grad():
         for p in posterior.parameters():
             p.mul_(1.5)  # in place, as an optimizer step would
         moved = posterior.logits(memory, forced).numpy()
-    np.testing.assert_array_equal(fast(memory, forced=forced)[1], before)  # the snapshot did not move ...
+    np.testing.assert_array_equal(fast.teacher_forced_logits(memory, forced), before)  # the snapshot did not move ...
     assert not np.allclose(moved, before, atol=1e-2)  # ... while the posterior did
-    rebuilt = GreedyDecoderCPU(posterior)(memory, forced=forced)[1]
+    rebuilt = GreedyDecoderCPU(posterior).teacher_forced_logits(memory, forced)
     np.testing.assert_allclose(rebuilt, moved, rtol=0, atol=2e-5 * float(np.abs(moved).max()))

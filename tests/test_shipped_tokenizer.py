@@ -13,8 +13,7 @@ def test_shipped_tokenizer_reconstructs_held_out_motion_better_than_the_mean(rea
     assert tok.config["config"]["data"]["val_files"], "the shipped run must record its held-out files"
     clip = load_motions(real_data_dir / "walk2_subject4.csv")[0]  # one of the paper's four validation files
     assert clip.name in tok.config["config"]["data"]["val_files"]
-    feats = torch.as_tensor(clip_features(clip), dtype=torch.float32)  # (T, 127)
-    windows = feats[: 32 * (len(feats) // 32)].view(-1, 32, 127)[::4][:16]  # 16 windows spread over the clip
+    windows = torch.from_numpy(tok.split_windows(clip_features(clip))).float()[::4][:16]  # (16, 32, 127) spread out
     tokens = tok.encode(windows)  # greedy; a few at a time also go through the NumPy decoder
     torch.testing.assert_close(torch.cat([tok.encode(w[None]) for w in windows[:3]]), tokens[:3], rtol=0, atol=0)
     z = tok.normalizer.normalize(windows)  # standardized units, as the paper's L2

@@ -8,7 +8,7 @@ that a policy can re-plan in real time (``bench/bench_sampling.py`` times both p
 
 * LayerNorm into the next linear layer. With gain g, bias b, mean m(x) and r(x) = 1 / sqrt(var(x) + eps):
   ``LN(x) W^T + c = r(x) * (x @ Wc) + c'`` where ``Wc = (I - 11^T / C) diag(g) W^T`` (centring folded into
-  the weights) and ``c' = W b + c``. A norm then costs a sum, a dot product and scalar math.
+  the weights) and ``c' = W b + c``. A norm then costs two dot products (x.1 and x.x) and scalar math.
 * Cross-attention to the fixed memory into two products per step, all heads at once. For head h with
   memory keys K_h and values V_h (Tk, hd), query weights Wq_h (C, hd) and output columns Wo_h (hd, C):
   scores ``q_h K_h^T / sqrt(hd) = LN(x) A_h + a_h`` with ``A_h = Wq_h K_h^T / sqrt(hd)``, and the output
@@ -45,6 +45,7 @@ class _Norm:
     w: np.ndarray  # (C, out) float32, centred over its input axis
     c: np.ndarray  # (out,) float32
     eps: float
+    ones: np.ndarray  # (C,) float32: the mean of x as a BLAS dot (a third of the cost of ``sum``)
 
 
 def _fold(ln: nn.LayerNorm, weight: Tensor, bias: Tensor, scale: float = 1.0) -> _Norm:
@@ -53,25 +54,19 @@ def _fold(ln: nn.LayerNorm, weight: Tensor, bias: Tensor, scale: float = 1.0) ->
     w = (W * g).T  # (C, out): diag(g) W^T
     w = w - w.mean(0, keepdims=True)  # (I - 11^T / C) diag(g) W^T
     c = W @ b + _np(bias)
-    return _Norm((w * scale).astype(np.float32), (c * scale).astype(np.float32), ln.eps)
+    return _Norm((w * scale).astype(np.float32), (c * scale).astype(np.float32), ln.eps, np.ones(len(g), np.float32))
 
 
-_ONES: dict[int, np.ndarray] = {}
-
-
-def _inv_std(x: np.ndarray, eps: float) -> np.float32:
-    """1 / sqrt(var(x) + eps) for one vector x (C,), from two dot products (a BLAS dot costs a third of ``sum``)."""
+def _inv_std(x: np.ndarray, n: _Norm) -> np.float32:
+    """1 / sqrt(var(x) + eps) of the norm ``n`` for one vector x (C,)."""
     C = x.shape[0]
-    ones = _ONES.get(C)
-    if ones is None:
-        ones = _ONES[C] = np.ones(C, np.float32)
-    mean = float(x.dot(ones)) / C
-    return np.float32(1.0 / math.sqrt(max(float(x.dot(x)) / C - mean * mean, 0.0) + eps))
+    mean = float(x.dot(n.ones)) / C
+    return np.float32(1.0 / math.sqrt(max(float(x.dot(x)) / C - mean * mean, 0.0) + n.eps))
 
 
 def _apply(x: np.ndarray, n: _Norm) -> np.ndarray:
     """LN(x) W^T + c for one vector x (C,), with the fold of :func:`_fold`."""
-    return (x @ n.w) * _inv_std(x, n.eps) + n.c
+    return (x @ n.w) * _inv_std(x, n) + n.c
 
 
 def _softmax(s: np.ndarray) -> np.ndarray:
@@ -151,33 +146,33 @@ class GreedyDecoderCPU:
         vo = (v @ wo).reshape(B, nh * Tk, C)  # (B, nh*Tk, C)
         return A.numpy(), a.numpy(), vo.numpy()
 
-    @torch.no_grad()
-    def __call__(self, memory: Tensor, forced: Tensor | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-        """memory (B, T, C) from the recognition encoder -> (tokens (B, T) int64, None): the greedy codes.
+    def __call__(self, memory: Tensor) -> np.ndarray:
+        """memory (B, T, C) from the recognition encoder -> the greedy codes (B, T) int64."""
+        return np.array([tokens for tokens, _ in self._decode(memory)], np.int64).reshape(len(memory), -1)
 
-        With ``forced`` tokens (B, T) the decoder is fed those instead of its argmax (teacher forcing) and the
-        logits (B, T, V) float32 come back too."""
+    def teacher_forced_logits(self, memory: Tensor, tokens: Tensor) -> np.ndarray:
+        """Logits (B, T, V) float32 when the decoder is fed ``tokens`` (B, T) instead of its argmax."""
+        return np.stack([logits for _, logits in self._decode(memory, tokens)])
+
+    @torch.no_grad()
+    def _decode(self, memory: Tensor, forced: Tensor | None = None) -> list[tuple[list[int], np.ndarray | None]]:
+        """Per window: (codes, logits (T, V) when ``forced`` is given, else None)."""
         memory = memory.detach().to("cpu", torch.float32)
         B, T = memory.shape[:2]
         if self.block_size != T:
             raise ValueError(f"memory has {T} positions, the posterior decodes {self.block_size}")
         tables = [self._cross_tables(layer, memory) for layer in self.layers]
         inputs = self.pos_emb + (memory.numpy() if self.memory_skip else np.zeros((B, 1, 1), np.float32))  # (B, T, C)
-        tokens = np.empty((B, T), np.int64)
-        logits = None if forced is None else np.empty((B, T, self.head.c.shape[0]), np.float32)
-        for b in range(B):
-            rows = forced[b].tolist() if forced is not None else None
-            tokens[b] = self._decode_one([(A[b], a[b], vo[b]) for A, a, vo in tables], inputs[b], rows, logits, b)
-        return tokens, logits
+        return [
+            self._decode_one(
+                [(A[b], a[b], vo[b]) for A, a, vo in tables], inputs[b], None if forced is None else forced[b].tolist()
+            )
+            for b in range(B)
+        ]
 
     def _decode_one(
-        self,
-        tables: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
-        inputs: np.ndarray,
-        forced: list[int] | None,
-        logits_out: np.ndarray | None,
-        row: int,
-    ) -> list[int]:
+        self, tables: list[tuple[np.ndarray, np.ndarray, np.ndarray]], inputs: np.ndarray, forced: list[int] | None
+    ) -> tuple[list[int], np.ndarray | None]:
         """The step loop for one window: inputs (T, C) = position embeddings (+ memory skip)."""
         T, C = inputs.shape
         nh = self.num_heads
@@ -185,6 +180,7 @@ class GreedyDecoderCPU:
         Tk = tables[0][1].shape[0] // nh
         cache = [np.empty((T, 3 * C), np.float32) for _ in self.layers]  # rows [q | k | v] of decoded positions
         out: list[int] = []
+        logits = None if forced is None else np.empty((T, self.head.c.shape[0]), np.float32)
         tok = self.bos
         for t in range(T):
             x = self.tok_emb[tok] + inputs[t]  # (C,)
@@ -196,7 +192,7 @@ class GreedyDecoderCPU:
                 y = e @ past[:, 2].transpose(1, 0, 2)  # (nh, 1, hd), normalised after the product
                 y /= e.sum(-1, keepdims=True)
                 x += y.reshape(C) @ L.self_w + L.self_b
-                s = (x @ A) * _inv_std(x, L.cross_q.eps) + a  # (nh*Tk,) cross-attention scores
+                s = (x @ A) * _inv_std(x, L.cross_q) + a  # (nh*Tk,) cross-attention scores
                 x += _softmax(s.reshape(nh, Tk)).reshape(nh * Tk) @ vo + L.cross_b
                 h = _apply(x, L.fc)  # (R*C,) = fc(ln_3(x)) / sqrt 2
                 x += (h * (1.0 + erf(h))) @ L.proj_w + L.proj_b  # GELU, proj_w carries the other 1 / sqrt 2
@@ -204,7 +200,7 @@ class GreedyDecoderCPU:
             if forced is None:
                 tok = int(z.argmax())
             else:
-                logits_out[row, t] = z
+                logits[t] = z
                 tok = forced[t]
             out.append(tok)
-        return out
+        return out, logits
