@@ -29,9 +29,10 @@ FORMAT = "motiontok.tokenizer"
 FORMAT_VERSION = 1
 FEATURE_LAYOUT = "h1-relpose-127-v1"
 """Name of the feature layout in ``motiontok.features``; bump it when the layout changes."""
-GREEDY_CPU_MAX_BATCH = 4
-"""Greedy ``encode`` of at most this many windows on CPU runs the NumPy decoder (``nets.greedy_cpu``), which
-wins while per-op overhead dominates; larger batches use torch's batched ops (see bench/bench_sampling.py)."""
+GREEDY_CPU_MAX_BATCH = 8
+"""Greedy ``encode`` of at most this many windows on CPU runs the compiled decoder (``nets.greedy_cpu``), which
+wins while per-op overhead dominates; larger batches use torch's batched ops (crossover between 8 and 16
+windows in bench/bench_sampling.py on the 2-core machines)."""
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "checkpoints" / "tokenizer_h1"
 
 
@@ -109,7 +110,7 @@ class MotionTokenizer(nn.Module):
         return tokens.to(x_t.device)
 
     def _greedy_decoder_cpu(self) -> GreedyDecoderCPU | None:
-        """The NumPy greedy decoder for an autoregressive posterior on CPU, rebuilt whenever a posterior
+        """The compiled greedy decoder for an autoregressive posterior on CPU, rebuilt whenever a posterior
         parameter was replaced or modified in place (tracked by the tensors' version counters)."""
         posterior = self.model.posterior
         if self.device.type != "cpu" or not isinstance(posterior, ARPosterior) or posterior.training:

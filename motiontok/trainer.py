@@ -77,6 +77,10 @@ class TrainConfig:
     """Stop (with a checkpoint) after this much wall time in this invocation; 0 = no limit. Resume later."""
     progress: bool = True
     """Show a progress bar (rank 0)."""
+    init_from: str = ""
+    """Start from the weights of another run (its out_dir, or one checkpoint directory under its checkpoints/) with
+    a fresh optimizer, schedules and data order: a second stage of training. Ignored once this run has a checkpoint
+    of its own (then it resumes)."""
 
 
 PROGRESS_KEYS = ("charts/log_p", "charts/ess", "charts/eta", "charts/beta")
@@ -195,6 +199,8 @@ def train(
     objective = Objective(model, estimator)
     optimizer = make_optimizer(objective, cfg)
     step, elapsed = 0, 0.0
+    if cfg.init_from and not (ckpt_root / "latest").is_file():
+        _init_from(Path(cfg.init_from), objective)
     if (ckpt_root / "latest").is_file():
         step, elapsed = _resume(
             ckpt_root / (ckpt_root / "latest").read_text().strip(),
@@ -337,6 +343,18 @@ def _save(
     old = sorted(p for p in root.glob("step_*") if p.is_dir() and p.name != name)
     for p in old[: max(0, len(old) - (cfg.keep_checkpoints - 1))]:
         shutil.rmtree(p, ignore_errors=True)
+
+
+def _init_from(path: Path, objective: Objective) -> None:
+    """Load the model and estimator weights of another run (``path``: its out_dir or a checkpoint directory)."""
+    if (path / "checkpoints" / "latest").is_file():
+        path = path / "checkpoints" / (path / "checkpoints" / "latest").read_text().strip()
+    tensors, _, _ = load_checkpoint(path, map_location="cpu")
+    try:
+        objective.model.load_state_dict(strip_prefix(tensors, "model."))
+        objective.estimator.load_state_dict(strip_prefix(tensors, "estimator."))
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: cannot start this run from its weights ({err})") from None
 
 
 def _resume(

@@ -1,14 +1,16 @@
-"""The NumPy greedy decoder used by MotionTokenizer.encode for a few windows on CPU equals the torch path."""
+"""The compiled greedy decoder used by MotionTokenizer.encode for a few windows on CPU equals the torch path."""
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from motiontok.nets import ARPosterior, TrajectoryEncoder, TrajectoryNetConfig
-from motiontok.nets.greedy_cpu import GreedyDecoderCPU
+from motiontok.nets.greedy_cpu import GreedyDecoderCPU, _jit
+from motiontok.tokenizer import GREEDY_CPU_MAX_BATCH
 from tests.test_tokenizer_api import make_tokenizer
 
 
@@ -51,16 +53,16 @@ def test_rejects_memory_of_the_wrong_length():
 
 def test_tokenizer_uses_it_for_small_batches_and_follows_weight_changes():
     tok = make_tokenizer()
-    x = torch.randn(6, 32, 127) * tok.normalizer.std.float() + tok.normalizer.mean.float()
+    x = torch.randn(GREEDY_CPU_MAX_BATCH + 2, 32, 127) * tok.normalizer.std.float() + tok.normalizer.mean.float()
 
     def torch_path(windows: torch.Tensor) -> torch.Tensor:
         return tok.model.encode(tok.normalizer.normalize(windows))
 
     torch.testing.assert_close(tok.encode(x[:2]), torch_path(x[:2]), rtol=0, atol=0)
-    assert tok._greedy_cpu is not None  # the NumPy decoder ran
-    torch.testing.assert_close(tok.encode(x), torch_path(x), rtol=0, atol=0)  # the torch path (6 > 4)
+    assert tok._greedy_cpu is not None  # the compiled decoder ran
+    torch.testing.assert_close(tok.encode(x), torch_path(x), rtol=0, atol=0)  # the torch path (batch above the limit)
     before = tok.encode(x[:1])
-    with torch.no_grad():  # an in-place update, as an optimizer makes: the NumPy copy must be rebuilt
+    with torch.no_grad():  # an in-place update, as an optimizer makes: the decoder's copy must be rebuilt
         tok.model.posterior.head.bias[before[0, 0]] -= 100.0
     after = tok.encode(x[:1])
     assert after[0, 0] != before[0, 0]
@@ -80,3 +82,15 @@ def test_is_a_snapshot_of_the_weights_it_was_built_from():
     assert not np.allclose(moved, before, atol=1e-2)  # ... while the posterior did
     rebuilt = GreedyDecoderCPU(posterior).teacher_forced_logits(memory, forced)
     np.testing.assert_allclose(rebuilt, moved, rtol=0, atol=2e-5 * float(np.abs(moved).max()))
+
+
+def test_compiles_without_a_cache_where_numba_finds_no_writable_place(monkeypatch):
+    from numba.core import caching
+
+    def double(a):
+        return 2 * a
+
+    monkeypatch.setattr(caching.CacheImpl, "_locator_classes", [])  # as on a read-only install with no home
+    with pytest.raises(RuntimeError, match="no locator"):
+        numba.njit(cache=True)(double)
+    assert _jit(double)(np.arange(3.0)).tolist() == [0.0, 2.0, 4.0]

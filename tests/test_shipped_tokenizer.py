@@ -14,7 +14,7 @@ def test_shipped_tokenizer_reconstructs_held_out_motion_better_than_the_mean(rea
     clip = load_motions(real_data_dir / "walk2_subject4.csv")[0]  # one of the paper's four validation files
     assert clip.name in tok.config["config"]["data"]["val_files"]
     windows = torch.from_numpy(tok.split_windows(clip_features(clip))).float()[::4][:16]  # (16, 32, 127) spread out
-    tokens = tok.encode(windows)  # greedy; a few at a time also go through the NumPy decoder
+    tokens = tok.encode(windows)  # greedy, through the torch path (16 windows)
     torch.testing.assert_close(torch.cat([tok.encode(w[None]) for w in windows[:3]]), tokens[:3], rtol=0, atol=0)
     z = tok.normalizer.normalize(windows)  # standardized units, as the paper's L2
     l2 = (tok.normalizer.normalize(tok.decode(tokens)) - z).flatten(1).norm(dim=1)  # (16,)

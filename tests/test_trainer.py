@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from motiontok import MotionTokenizer
-from motiontok.checkpoint import load_checkpoint
+from motiontok.checkpoint import CheckpointError, load_checkpoint, strip_prefix
 from motiontok.daps import BetaSchedule
 from motiontok.data import write_dataset
 from motiontok.estimators import DapsConfig, DapsEstimator
@@ -71,6 +71,22 @@ def test_resume_after_kill_reproduces_the_uninterrupted_run(dataset, tmp_path):
         assert a.keys() == b.keys()
         for k in a:
             torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=f"{step} {k}")
+
+
+def test_init_from_starts_a_second_stage_from_another_runs_weights(dataset, tmp_path):
+    _run(dataset, tmp_path / "first", 8)
+    first = strip_prefix(_weights(tmp_path / "first" / "checkpoints" / "step_0000008"), "model.")
+    _, model = _run(dataset, tmp_path / "second", 1, lr=0.0, init_from=str(tmp_path / "first"))  # lr 0: no move
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, first[k], rtol=0, atol=0, msg=k)
+    state = torch.load(tmp_path / "second" / "checkpoints" / "step_0000001" / "trainer_state.pt", weights_only=False)
+    assert state["step"] == 1  # its own schedule, from step 0
+    with pytest.raises(CheckpointError, match="cannot start this run"):  # another architecture
+        other = DiscreteVAE(TrajectoryNetConfig(block_size=16, vocab_size=8, embed_dim=16, num_heads=2, num_layers=1))
+        cfg = TrainConfig(steps=1, batch_size=4, progress=False, eval_every=0, init_from=str(tmp_path / "first"))
+        train(dataset, other, DapsEstimator(DapsConfig(num_samples=4)), cfg, tmp_path / "third", VAL)
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        _run(dataset, tmp_path / "fourth", 1, init_from=str(tmp_path / "missing"))
 
 
 def test_final_tokenizer_and_records(dataset, tmp_path):
