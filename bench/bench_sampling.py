@@ -2,7 +2,8 @@
 the compiled decoder that ``MotionTokenizer.encode`` uses on CPU for a few windows, ``nets/greedy_cpu.py``).
 
 Prints one JSON object to stdout (progress goes to stderr). Paper LAFAN config (G.1): F=127, L=32, T=64,
-V=1024, H=128, 4 heads, 2 layers; untrained weights (timings do not depend on the values).
+V=1024, H=128, 4 heads, 2 layers; untrained weights (timings do not depend on the values), and the public
+``MotionTokenizer.encode`` of one window with the shipped checkpoint (``--checkpoint``).
 
     .venv/bin/python bench/bench_sampling.py [--device cpu|cuda] [--repeats 5]
 
@@ -28,7 +29,7 @@ import torch
 
 from motiontok.nets import ARPosterior, TrajectoryEncoder, TrajectoryNetConfig
 from motiontok.nets.greedy_cpu import GreedyDecoderCPU
-from motiontok.tokenizer import GREEDY_CPU_MAX_BATCH
+from motiontok.tokenizer import DEFAULT_CHECKPOINT, GREEDY_CPU_MAX_BATCH, MotionTokenizer
 
 
 def log(msg: str) -> None:
@@ -121,6 +122,20 @@ def bench_encode(
     return row
 
 
+def bench_tokenizer_encode(path: str, device: torch.device, repeats: int) -> dict:
+    """The public API end to end: ``MotionTokenizer.encode`` of one raw window (input checks, normalisation,
+    encoder, greedy decoding) with a trained checkpoint's weights."""
+    tok = MotionTokenizer.load(path, device=device)
+    x = torch.randn(1, tok.window, 127, device=device) * tok.normalizer.std.float() + tok.normalizer.mean.float()
+    log(f"  tok.encode one window ({path}): up to {repeats} repeats")
+    times = timed_ms(lambda: tok.encode(x), device, repeats, 5)
+    return {
+        "tokenizer_encode_b1_ms": round(statistics.median(times), 2),
+        "tokenizer_encode_b1_ms_min": round(min(times), 2),
+        "tokenizer_encode_b1_ms_p90": round(sorted(times)[int(0.9 * (len(times) - 1))], 2),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -128,6 +143,9 @@ def main() -> None:
     parser.add_argument("--encode-repeats", type=int, default=50, help="timed repeats of the b1 encode")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 256])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--checkpoint", default=str(DEFAULT_CHECKPOINT), help="trained tokenizer for the tok.encode timing ('' skips)"
+    )
     parser.add_argument("--no-one-thread", action="store_true", help="skip the one-thread CPU repeat")
     args = parser.parse_args()
 
@@ -157,7 +175,10 @@ def main() -> None:
             memory = encoder(torch.randn(batch, cfg.length, cfg.feature_dim, device=device))  # (B, T, H)
             out["sample_ms"][f"b{batch}"] = bench_sampling(posterior, memory, device, args.repeats, args.seed)
             log(f"  b{batch}: {out['sample_ms'][f'b{batch}']}")
-        return out | bench_encode(encoder, posterior, cfg, device, args.encode_repeats)
+        out |= bench_encode(encoder, posterior, cfg, device, args.encode_repeats)
+        if args.checkpoint:
+            out |= bench_tokenizer_encode(args.checkpoint, device, 4 * args.encode_repeats)
+        return out
 
     with torch.no_grad():
         result |= run_all()  # torch's thread settings unchanged

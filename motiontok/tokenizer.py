@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,8 +22,10 @@ from motiontok.errors import CheckpointError
 from motiontok.models import DiscreteVAE
 from motiontok.motion import MotionClip
 from motiontok.nets import ARPosterior, TrajectoryNetConfig
-from motiontok.nets.greedy_cpu import GreedyDecoderCPU
 from motiontok.normalizer import RunningNormalizer
+
+if TYPE_CHECKING:
+    from motiontok.nets.greedy_cpu import GreedyDecoderCPU
 
 FORMAT = "motiontok.tokenizer"
 FORMAT_VERSION = 1
@@ -115,6 +117,8 @@ class MotionTokenizer(nn.Module):
         posterior = self.model.posterior
         if self.device.type != "cpu" or not isinstance(posterior, ARPosterior) or posterior.training:
             return None
+        from motiontok.nets.greedy_cpu import GreedyDecoderCPU  # numba is imported on first use only
+
         key = tuple((p.data_ptr(), p._version) for p in posterior.parameters())
         if self._greedy_cpu is None or self._greedy_cpu[0] != key:
             self._greedy_cpu = (key, GreedyDecoderCPU(posterior))
