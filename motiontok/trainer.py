@@ -79,8 +79,9 @@ class TrainConfig:
     """Show a progress bar (rank 0)."""
     init_from: str = ""
     """Start from the weights of another run (its out_dir, or one checkpoint directory under its checkpoints/) with
-    a fresh optimizer, schedules and data order: a second stage of training. Ignored once this run has a checkpoint
-    of its own (then it resumes)."""
+    a fresh optimizer and schedules: a second stage of training (change ``seed`` for a new data order). Once this
+    run has a checkpoint of its own it resumes from that; the source's record (command, steps, time) is kept under
+    ``init_from`` in this run's config, so the source must stay readable until the run ends."""
 
 
 PROGRESS_KEYS = ("charts/log_p", "charts/ess", "charts/eta", "charts/beta")
@@ -199,8 +200,9 @@ def train(
     objective = Objective(model, estimator)
     optimizer = make_optimizer(objective, cfg)
     step, elapsed = 0, 0.0
-    if cfg.init_from and not (ckpt_root / "latest").is_file():
-        _init_from(Path(cfg.init_from), objective)
+    source = _init_source(Path(cfg.init_from)) if cfg.init_from else None  # (checkpoint dir, its record)
+    if source is not None and not (ckpt_root / "latest").is_file():
+        _load_weights(source[0], objective)
     if (ckpt_root / "latest").is_file():
         step, elapsed = _resume(
             ckpt_root / (ckpt_root / "latest").read_text().strip(),
@@ -227,6 +229,9 @@ def train(
 
         bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
     records = dict(records or {}, train=dataclasses.asdict(cfg), world_size=world, machine=machine_info(device))
+    if source is not None:  # provenance of the first stage (and its own, if it was a second stage too)
+        keys = ("command", "step", "train_seconds", "machine", "init_from")
+        records["init_from"] = {"path": str(source[0])} | {k: source[1][k] for k in keys if k in source[1]}
     stop = _Stop()
     t_start = time.monotonic()
 
@@ -345,10 +350,16 @@ def _save(
         shutil.rmtree(p, ignore_errors=True)
 
 
-def _init_from(path: Path, objective: Objective) -> None:
-    """Load the model and estimator weights of another run (``path``: its out_dir or a checkpoint directory)."""
+def _init_source(path: Path) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint directory that ``train.init_from`` names (a run's out_dir -> its latest checkpoint) and its
+    recorded config (command, steps, time, machine)."""
     if (path / "checkpoints" / "latest").is_file():
         path = path / "checkpoints" / (path / "checkpoints" / "latest").read_text().strip()
+    return path, load_checkpoint(path, map_location="cpu")[1]
+
+
+def _load_weights(path: Path, objective: Objective) -> None:
+    """Load the model and estimator weights of checkpoint directory ``path`` (a second stage of training)."""
     tensors, _, _ = load_checkpoint(path, map_location="cpu")
     try:
         objective.model.load_state_dict(strip_prefix(tensors, "model."))

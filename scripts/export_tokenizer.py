@@ -48,6 +48,19 @@ def _table(metrics: dict, keys: tuple[str, ...]) -> str:
     return "| metric | value |\n| --- | --- |\n" + "\n".join(rows)
 
 
+def _stages(config: dict) -> list[str]:
+    """Lines on the earlier training stages a run started from (``train.init_from``), newest first."""
+    lines, total, source = [], config.get("train_seconds", 0.0), config.get("init_from")
+    while source:
+        total += source.get("train_seconds", 0.0)
+        lines.append(
+            f"- started from the weights of `{source['path']}`: {source.get('step')} steps, "
+            f"{source.get('train_seconds', 0):.0f} s, by `python {source.get('command', '?')}`"
+        )
+        source = source.get("init_from")
+    return lines + ([f"- training time, all stages: {total:.0f} s ({total / 3600:.2f} h)"] if lines else [])
+
+
 def render_readme(config: dict, eval_metrics: dict, ik_metrics: dict | None, notes: str = "") -> str:
     hours = config.get("train_seconds", 0.0) / 3600
     machine = config.get("machine", {})
@@ -69,6 +82,7 @@ def render_readme(config: dict, eval_metrics: dict, ik_metrics: dict | None, not
         f"- machine: {machine.get('processor', '?')}, {machine.get('cpu_count', '?')} CPUs, device "
         f"{machine.get('device', '?')}, {machine.get('threads', '?')} torch thread(s), torch {machine.get('torch')}, "
         f"{machine.get('platform', '?')}",
+        *_stages(config),
         "- resolved config: `config.json` (`config` key), also the hydra record of the run",
         "",
         "## Validation (the paper's four validation files, consecutive windows)",

@@ -81,6 +81,15 @@ def test_init_from_starts_a_second_stage_from_another_runs_weights(dataset, tmp_
         torch.testing.assert_close(v, first[k], rtol=0, atol=0, msg=k)
     state = torch.load(tmp_path / "second" / "checkpoints" / "step_0000001" / "trainer_state.pt", weights_only=False)
     assert state["step"] == 1  # its own schedule, from step 0
+    record = json.loads((tmp_path / "second" / "final" / "config.json").read_text())["init_from"]
+    assert record["path"].endswith("step_0000008") and record["step"] == 8 and record["train_seconds"] > 0
+    (tmp_path / "eval.json").write_text(json.dumps({"l2": 1.5, "windows": 2}))
+    export = [sys.executable, str(ROOT / "scripts/export_tokenizer.py"), "--run", str(tmp_path / "second")]
+    export += ["--out", str(tmp_path / "shipped"), "--eval-json", str(tmp_path / "eval.json")]
+    subprocess.run(export, check=True, capture_output=True)
+    readme = (tmp_path / "shipped" / "README.md").read_text()  # the shipped record names both stages
+    assert f"started from the weights of `{record['path']}`: 8 steps" in readme
+    assert "training time, all stages" in readme and "| `l2` | 1.5 |" in readme
     with pytest.raises(CheckpointError, match="cannot start this run"):  # another architecture
         other = DiscreteVAE(TrajectoryNetConfig(block_size=16, vocab_size=8, embed_dim=16, num_heads=2, num_layers=1))
         cfg = TrainConfig(steps=1, batch_size=4, progress=False, eval_every=0, init_from=str(tmp_path / "first"))
