@@ -200,9 +200,9 @@ def train(
     objective = Objective(model, estimator)
     optimizer = make_optimizer(objective, cfg)
     step, elapsed = 0, 0.0
-    source = _init_source(Path(cfg.init_from)) if cfg.init_from else None  # (checkpoint dir, its record)
+    source = _init_source(Path(cfg.init_from)) if cfg.init_from else None  # (checkpoint dir, tensors, record)
     if source is not None and not (ckpt_root / "latest").is_file():
-        _load_weights(source[0], objective)
+        _load_weights(source, objective)
     if (ckpt_root / "latest").is_file():
         step, elapsed = _resume(
             ckpt_root / (ckpt_root / "latest").read_text().strip(),
@@ -231,7 +231,7 @@ def train(
     records = dict(records or {}, train=dataclasses.asdict(cfg), world_size=world, machine=machine_info(device))
     if source is not None:  # provenance of the first stage (and its own, if it was a second stage too)
         keys = ("command", "step", "train_seconds", "machine", "init_from")
-        records["init_from"] = {"path": str(source[0])} | {k: source[1][k] for k in keys if k in source[1]}
+        records["init_from"] = {"path": str(source[0])} | {k: source[2][k] for k in keys if k in source[2]}
     stop = _Stop()
     t_start = time.monotonic()
 
@@ -350,17 +350,18 @@ def _save(
         shutil.rmtree(p, ignore_errors=True)
 
 
-def _init_source(path: Path) -> tuple[Path, dict[str, Any]]:
-    """The checkpoint directory that ``train.init_from`` names (a run's out_dir -> its latest checkpoint) and its
-    recorded config (command, steps, time, machine)."""
+def _init_source(path: Path) -> tuple[Path, dict[str, Tensor], dict[str, Any]]:
+    """The checkpoint directory that ``train.init_from`` names (a run's out_dir -> its latest checkpoint), its
+    tensors and its recorded config (command, steps, time, machine)."""
     if (path / "checkpoints" / "latest").is_file():
         path = path / "checkpoints" / (path / "checkpoints" / "latest").read_text().strip()
-    return path, load_checkpoint(path, map_location="cpu")[1]
+    tensors, config, _ = load_checkpoint(path, map_location="cpu")
+    return path, tensors, config
 
 
-def _load_weights(path: Path, objective: Objective) -> None:
-    """Load the model and estimator weights of checkpoint directory ``path`` (a second stage of training)."""
-    tensors, _, _ = load_checkpoint(path, map_location="cpu")
+def _load_weights(source: tuple[Path, dict[str, Tensor], dict[str, Any]], objective: Objective) -> None:
+    """Load the model and estimator weights of an :func:`_init_source` (a second stage of training)."""
+    path, tensors, _ = source
     try:
         objective.model.load_state_dict(strip_prefix(tensors, "model."))
         objective.estimator.load_state_dict(strip_prefix(tensors, "estimator."))
