@@ -200,10 +200,9 @@ def train(
     objective = Objective(model, estimator)
     optimizer = make_optimizer(objective, cfg)
     step, elapsed = 0, 0.0
-    source = _init_source(Path(cfg.init_from)) if cfg.init_from else None  # (checkpoint dir, tensors, record)
-    if source is not None and not (ckpt_root / "latest").is_file():
-        _load_weights(source, objective)
-    if (ckpt_root / "latest").is_file():
+    resuming = (ckpt_root / "latest").is_file()
+    init_record = _init_from(Path(cfg.init_from), objective, load=not resuming) if cfg.init_from else None
+    if resuming:
         step, elapsed = _resume(
             ckpt_root / (ckpt_root / "latest").read_text().strip(),
             objective,
@@ -229,9 +228,8 @@ def train(
 
         bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
     records = dict(records or {}, train=dataclasses.asdict(cfg), world_size=world, machine=machine_info(device))
-    if source is not None:  # provenance of the first stage (and its own, if it was a second stage too)
-        keys = ("command", "step", "train_seconds", "machine", "init_from")
-        records["init_from"] = {"path": str(source[0])} | {k: source[2][k] for k in keys if k in source[2]}
+    if init_record is not None:
+        records["init_from"] = init_record
     stop = _Stop()
     t_start = time.monotonic()
 
@@ -330,9 +328,8 @@ def _save(
     cfg: TrainConfig,
     seconds: float,
 ) -> None:
-    tensors = {f"model.{k}": v for k, v in objective.model.state_dict().items()}
+    tensors = dict(objective.state_dict())  # model.* and estimator.*
     tensors |= {f"normalizer.{k}": v for k, v in normalizer.state_dict().items()}
-    tensors |= {f"estimator.{k}": v for k, v in objective.estimator.state_dict().items()}
     state = {
         "step": step,
         "elapsed_s": seconds,
@@ -350,23 +347,24 @@ def _save(
         shutil.rmtree(p, ignore_errors=True)
 
 
-def _init_source(path: Path) -> tuple[Path, dict[str, Tensor], dict[str, Any]]:
-    """The checkpoint directory that ``train.init_from`` names (a run's out_dir -> its latest checkpoint), its
-    tensors and its recorded config (command, steps, time, machine)."""
+def _load_objective(objective: Objective, tensors: dict[str, Tensor]) -> None:
+    """The model and estimator weights of a checkpoint's tensors (``model.*``, ``estimator.*``, as saved)."""
+    objective.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("normalizer.")})
+
+
+def _init_from(path: Path, objective: Objective, load: bool) -> dict[str, Any]:
+    """``train.init_from``: the checkpoint ``path`` names (a run's out_dir -> its latest checkpoint), its weights
+    loaded into ``objective`` when ``load``; returns its record (command, steps, time, machine, its own source)."""
     if (path / "checkpoints" / "latest").is_file():
         path = path / "checkpoints" / (path / "checkpoints" / "latest").read_text().strip()
     tensors, config, _ = load_checkpoint(path, map_location="cpu")
-    return path, tensors, config
-
-
-def _load_weights(source: tuple[Path, dict[str, Tensor], dict[str, Any]], objective: Objective) -> None:
-    """Load the model and estimator weights of an :func:`_init_source` (a second stage of training)."""
-    path, tensors, _ = source
-    try:
-        objective.model.load_state_dict(strip_prefix(tensors, "model."))
-        objective.estimator.load_state_dict(strip_prefix(tensors, "estimator."))
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: cannot start this run from its weights ({err})") from None
+    if load:
+        try:
+            _load_objective(objective, tensors)
+        except RuntimeError as err:
+            raise CheckpointError(f"{path}: cannot start this run from its weights ({err})") from None
+    keys = ("command", "step", "train_seconds", "machine", "init_from")
+    return {"path": str(path)} | {k: config[k] for k in keys if k in config}
 
 
 def _resume(
@@ -381,8 +379,7 @@ def _resume(
     """Restore a run from ``path``; returns (step, seconds trained so far)."""
     tensors, _, state = load_checkpoint(path, map_location="cpu", trainer_state=True)
     try:
-        objective.model.load_state_dict(strip_prefix(tensors, "model."))
-        objective.estimator.load_state_dict(strip_prefix(tensors, "estimator."))
+        _load_objective(objective, tensors)
         normalizer.load_state_dict(strip_prefix(tensors, "normalizer."))
         optimizer.load_state_dict(state["optimizer"])
     except (RuntimeError, KeyError, ValueError) as err:
