@@ -1,4 +1,6 @@
-"""Checkpoint files: weights in safetensors, config as JSON, trainer state (optimizer, RNG) via torch.save.
+"""Checkpoint files: weights in safetensors, config as JSON, trainer state (optimizer, RNG) via torch.save, read
+back with ``torch.load(weights_only=True)``: tensors, numbers, strings and containers only, never arbitrary
+pickled objects (a checkpoint from elsewhere cannot run code when it is resumed).
 
 A checkpoint is a directory. It is written into a temporary sibling and renamed into place, so a crash never
 leaves a half-written checkpoint under the final name.
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import tempfile
 from pathlib import Path
@@ -79,7 +82,10 @@ def load_checkpoint(
         if not (path / TRAINER_STATE).is_file():
             raise CheckpointError(f"{path}: missing {TRAINER_STATE}; cannot resume training from it")
         try:
-            state = torch.load(path / TRAINER_STATE, map_location=map_location, weights_only=False)
+            state = torch.load(path / TRAINER_STATE, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as err:
+            msg = f"{path / TRAINER_STATE}: holds objects other than tensors, numbers and containers; refused ({err})"
+            raise CheckpointError(msg) from None
         except (OSError, RuntimeError, EOFError) as err:
             raise CheckpointError(f"{path / TRAINER_STATE}: corrupt trainer state ({err})") from None
     return tensors, config, state

@@ -271,7 +271,7 @@ def beta_elbo(log_p: Tensor, log_q: Tensor, num_positions: int, vocab_size: int,
     return log_p.mean(dim=-1) - beta * kl_to_uniform(log_q, num_positions, vocab_size)  # (N,)
 
 
-BETA_KINDS = ("constant", "linear", "cosine")
+BETA_KINDS = ("constant", "linear", "cosine", "exp")
 
 
 @dataclass(frozen=True)
@@ -283,11 +283,13 @@ class BetaSchedule:
 
     * ``"constant"``: always ``start``;
     * ``"linear"``:   ``start + (end - start) t``;
-    * ``"cosine"``:   ``end + (start - end) (1 + cos(pi t)) / 2``.
+    * ``"cosine"``:   ``end + (start - end) (1 + cos(pi t)) / 2``;
+    * ``"exp"``:      ``start (end / start)^t``, a constant factor per step (the authors' code: 3 -> 0.01 over
+      the whole run); needs ``start, end > 0``.
     """
 
-    kind: str = "cosine"
-    start: float = 2.0
+    kind: str = "exp"
+    start: float = 3.0
     end: float = 0.01
     steps: int = 10000
     warmup: int = 0
@@ -299,6 +301,8 @@ class BetaSchedule:
             raise ValueError(f"beta start/end must be >= 0, got start={self.start}, end={self.end}")
         if self.steps <= 0:
             raise ValueError(f"steps must be > 0, got {self.steps}")
+        if self.kind == "exp" and min(self.start, self.end) <= 0:
+            raise ValueError(f"an exp beta schedule needs start, end > 0, got start={self.start}, end={self.end}")
         if self.warmup < 0:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
 
@@ -308,4 +312,6 @@ class BetaSchedule:
         t = min(max((step - self.warmup) / self.steps, 0.0), 1.0)
         if self.kind == "linear":
             return float(self.start + (self.end - self.start) * t)
+        if self.kind == "exp":
+            return float(self.start * (self.end / self.start) ** t)
         return float(self.end + (self.start - self.end) * 0.5 * (1.0 + math.cos(math.pi * t)))

@@ -12,7 +12,7 @@ name                shape / dtype      meaning
 ``split_points``    (C + 1,) int64     clip c is rows ``split_points[c]:split_points[c + 1]``
 ``clip_names``      (C,) str           clip names (the file stem for CSV clips)
 ``clip_files``      (C,) str           stem of the file each clip came from (the train/val split key)
-attrs               fps, feature_dim, format_version, feature_names
+attrs               fps, feature_dim, format_version, feature_names, feature_layout
 ==================  =================  =========================================================
 """
 
@@ -75,11 +75,18 @@ def write_dataset(clips: Sequence[MotionClip], out: str | Path, progress: bool =
             h5.attrs["feature_dim"] = feat.FEATURE_DIM
             h5.attrs["format_version"] = FORMAT_VERSION
             h5.attrs["feature_names"] = ",".join(feat.feature_names())
+            h5.attrs["feature_layout"] = feat.FEATURE_LAYOUT
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return out
+
+
+def dataset_layout(path: str | Path) -> str:
+    """The feature layout a prepared dataset was written with (``h1-relpose-127-v1`` for files before v2)."""
+    with h5py.File(path, "r") as h5:
+        return str(h5.attrs.get("feature_layout", "h1-relpose-127-v1"))
 
 
 def _file_of(clip: MotionClip) -> str:
@@ -111,8 +118,12 @@ class MotionDataset:
                 version = int(h5.attrs.get("format_version", -1))
                 if version != FORMAT_VERSION:
                     raise MotionDataError(f"{path}: dataset format {version}, this version reads {FORMAT_VERSION}")
-                if int(h5.attrs["feature_dim"]) != feat.FEATURE_DIM:
-                    raise MotionDataError(f"{path}: feature_dim {h5.attrs['feature_dim']} != {feat.FEATURE_DIM}")
+                layout = dataset_layout(path)
+                if layout != feat.FEATURE_LAYOUT:
+                    raise MotionDataError(
+                        f"{path}: features of layout {layout!r}, this motiontok computes {feat.FEATURE_LAYOUT!r}; "
+                        "rebuild it with scripts/prepare_lafan.py"
+                    )
                 split = h5["split_points"][:]
                 names = [n.decode() if isinstance(n, bytes) else str(n) for n in h5["clip_names"][:]]
                 srcs = [n.decode() if isinstance(n, bytes) else str(n) for n in h5["clip_files"][:]]

@@ -15,6 +15,9 @@ from motiontok.motion import forward_kinematics
 from motiontok.nets import gaussian_log_prob
 from motiontok.normalizer import RunningNormalizer
 
+REFERENCE_VAR = 0.25
+"""The variance under which ``log_p_fixed_var`` is reported (the authors' constant LAFAN variance)."""
+
 
 @torch.no_grad()
 def evaluate_tokenizer(
@@ -25,10 +28,13 @@ def evaluate_tokenizer(
     beta: float = 1.0,
     batch_size: int = 256,
     robot_metrics: bool = True,
+    seed: int = 0,
 ) -> dict[str, float]:
     """Metrics over raw windows (W, L, F):
 
-    * ``log_p``: mean log p(x|z) with z ~ q(z|x) (one sample per window), standardized units;
+    * ``log_p``: mean log p(x|z) with z ~ q(z|x) (one sample per window), standardized units, under the model's
+      variance; ``log_p_fixed_var``: the same under the variance ``REFERENCE_VAR`` for every feature, so that
+      models with other (or learned) variances compare (with the greedy code: a function of ``l2`` alone);
     * ``log_p_greedy`` and ``l2`` (Euclidean norm of x - x_hat per window, standardized) with the greedy code,
       ``l2_sample`` with the sampled one;
     * ``kl``: KL(q || uniform prior) = log q(z|x) + T log V, estimated with the sample; ``elbo`` = log_p - kl,
@@ -37,24 +43,29 @@ def evaluate_tokenizer(
     * ``code_usage``: distinct greedy codes / V, and ``perplexity`` of their histogram;
     * ``mpjpe_mm``: key-point error (mm) between the robot posed by the decoded and by the true features
       (``qpos_from_features`` then forward kinematics, both anchored at the origin), ``joint_rmse_deg``.
+
+    Samples come from a generator seeded with ``seed`` on the model's device: evaluating never draws from (or
+    moves) the global torch RNG that training samples with, and the same model always gives the same figures.
     """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     T, V = model.cfg.block_size, model.cfg.vocab_size
-    sums = {k: 0.0 for k in ("log_p", "log_p_greedy", "l2", "l2_sample", "kl", "entropy")}
+    generator = torch.Generator(device).manual_seed(seed)
+    sums = {k: 0.0 for k in ("log_p", "log_p_greedy", "log_p_fixed_var", "l2", "l2_sample", "kl", "entropy")}
     counts = torch.zeros(V, dtype=torch.long)
     recon = []
     for start in range(0, len(windows), batch_size):
         x = normalizer.normalize(windows[start : start + batch_size].to(device, torch.float32))  # (b, L, F)
         memory = model.memory(x)  # (b, T, H)
         z_greedy = model.posterior.sample(memory, greedy=True)  # (b, T)
-        z = model.posterior.sample(memory)  # (b, T)
+        z = model.posterior.sample(memory, generator=generator)  # (b, T)
         log_q = model.posterior.log_prob(memory, z)  # (b,)
         mean_g, var = model.decoder(z_greedy)  # (b, L, F), (F,)
         mean_s, _ = model.decoder(z)
         sums["log_p"] += gaussian_log_prob(x, mean_s, var).sum().item()
         sums["log_p_greedy"] += gaussian_log_prob(x, mean_g, var).sum().item()
+        sums["log_p_fixed_var"] += gaussian_log_prob(x, mean_g, torch.full_like(var, REFERENCE_VAR)).sum().item()
         sums["l2"] += (x - mean_g).flatten(1).norm(dim=1).sum().item()
         sums["l2_sample"] += (x - mean_s).flatten(1).norm(dim=1).sum().item()
         sums["kl"] += daps.kl_to_uniform(log_q[:, None], T, V).sum().item()

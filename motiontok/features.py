@@ -1,13 +1,16 @@
 """The 127-dimensional per-frame "relative pose" features, defined here and nowhere else.
 
-Per frame t, with p the root (pelvis) position, R the root rotation, yaw the heading of R (its x-axis projected
-on the ground) and H = Rz(yaw) the heading frame (z up, x forward):
+Per frame t, with p the root (pelvis) position, R the root rotation, yaw the heading of R and H = Rz(yaw) the
+heading frame (z up, x forward). The heading is the twist of R about world z (``rotations.heading_of_mat``):
+R = H S with S a rotation about a horizontal axis, well defined in every frame but a pelvis upside down (layout
+v2; v1 projected the pelvis x-axis on the ground, which flips when the pelvis pitches near 90 degrees and gave
+yaw rates of up to 94 rad/s when getting up from the floor, see docs/heading.md):
 
 =====  ===============  ====  ==========================================================================
 index  name             size  definition
 =====  ===============  ====  ==========================================================================
 0      root_height      1     p_z (m, world)
-1:7    root_rot6d       6     first two columns of H^T R: pitch and roll of the pelvis, heading removed
+1:7    root_rot6d       6     first two columns of S = H^T R: the pelvis' swing (pitch, roll), no heading
 7:10   root_lin_vel     3     H_t^T (p_t - p_{t-1}) * fps: root velocity in the heading frame (m/s)
 10     root_yaw_rate    1     wrap(yaw_t - yaw_{t-1}) * fps (rad/s)
 11:30  joint_pos        19    hinge angles in robot.JOINT_NAMES order (rad)
@@ -33,13 +36,13 @@ from motiontok import robot
 from motiontok.errors import MotionDataError
 from motiontok.motion import MotionClip, forward_kinematics
 from motiontok.rotations import (
+    heading_of_mat,
     mat_to_quat,
     mat_to_rot6d,
     quat_to_mat,
     rot6d_to_mat,
     rot_z,
     wrap_angle,
-    yaw_of_mat,
 )
 
 FEATURE_SLICES: dict[str, slice] = {
@@ -54,6 +57,9 @@ FEATURE_SLICES: dict[str, slice] = {
 }
 """Named column ranges of the feature vector (see the module docstring)."""
 FEATURE_DIM = 127
+FEATURE_LAYOUT = "h1-relpose-127-v2"
+"""Name of this layout, recorded in datasets and checkpoints; bumped whenever any column's definition changes
+(v2: the heading is the twist about z instead of the pelvis x-axis projected on the ground)."""
 assert FEATURE_SLICES["key_vel"].stop == FEATURE_DIM == 11 + 2 * robot.NUM_JOINTS + 6 * robot.NUM_KEY_POINTS
 
 
@@ -84,7 +90,7 @@ def features_from_qpos(qpos: np.ndarray, fps: float, key_pos: np.ndarray | None 
         key_pos = forward_kinematics(qpos).key_pos
     root = qpos[:, :3]  # (T, 3)
     rot = quat_to_mat(qpos[:, 3:7] / np.linalg.norm(qpos[:, 3:7], axis=-1, keepdims=True))  # (T, 3, 3)
-    yaw = yaw_of_mat(rot)  # (T,)
+    yaw = heading_of_mat(rot)  # (T,)
     heading_t = np.swapaxes(rot_z(yaw), -1, -2)  # (T, 3, 3) H^T
     joints = qpos[:, 7:]  # (T, 19)
 
@@ -166,4 +172,4 @@ def key_points_from_features(
 def start_pose(qpos: np.ndarray) -> tuple[tuple[float, float], float]:
     """``(start_xy, start_yaw)`` of the first frame of a qpos trajectory, to anchor an inverse at the same spot."""
     rot = quat_to_mat(np.asarray(qpos[0, 3:7], dtype=np.float64))
-    return (float(qpos[0, 0]), float(qpos[0, 1])), float(yaw_of_mat(rot))
+    return (float(qpos[0, 0]), float(qpos[0, 1])), float(heading_of_mat(rot))

@@ -25,9 +25,12 @@ POSTERIORS = {"ar": ARPosterior, "na": NAPosterior}
 class DiscreteVAE(nn.Module):
     """x (B, L, F) standardized -> tokens (B, T) in [0, V) -> Gaussian over x."""
 
-    def __init__(self, cfg: TrajectoryNetConfig, posterior: str = "ar", posterior_init_std: float = 0.02) -> None:
-        """``posterior_init_std`` scales the initial code logits: the default 0.02 starts q(z|x) near uniform
-        (slow to become informative on small budgets); ~0.25 starts it peaked and already x-dependent."""
+    def __init__(
+        self, cfg: TrajectoryNetConfig, posterior: str = "ar", posterior_init_std: float | None = None
+    ) -> None:
+        """``posterior_init_std`` overrides the std of the initial code-logit weights (None: ``cfg.init``'s own).
+        With ``init=gpt`` 0.02 starts q(z|x) near uniform (slow to become informative on small budgets); ~0.25
+        starts it peaked and already x-dependent."""
         super().__init__()
         if posterior not in POSTERIORS:
             raise ValueError(f"unknown posterior {posterior!r}; choose one of {sorted(POSTERIORS)}")
@@ -35,7 +38,8 @@ class DiscreteVAE(nn.Module):
         self.posterior_kind = posterior
         self.encoder = TrajectoryEncoder(cfg)
         self.posterior = POSTERIORS[posterior](cfg)
-        nn.init.normal_(self.posterior.head.weight, std=posterior_init_std)
+        if posterior_init_std is not None:
+            nn.init.normal_(self.posterior.head.weight, std=posterior_init_std)
         self.decoder = TrajectoryDecoder(cfg)
 
     def memory(self, x: Tensor) -> Tensor:

@@ -13,12 +13,13 @@ two things are added at load time, so the XML stays byte-identical to upstream:
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import mujoco
 import numpy as np
 
-ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "unitree_h1"
+from motiontok.paths import asset_dir
+
+ASSET_DIR = asset_dir() / "unitree_h1"
 """Directory of the shipped H1 model (``h1.xml``, ``scene.xml``, meshes, LICENSE)."""
 
 JOINT_NAMES: tuple[str, ...] = (

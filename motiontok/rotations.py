@@ -103,9 +103,16 @@ def quat_slerp(q0: np.ndarray, q1: np.ndarray, t: np.ndarray) -> np.ndarray:
     return quat_normalize(w0 * q0 + w1 * q1)
 
 
-def yaw_of_mat(m: np.ndarray) -> np.ndarray:
-    """Heading angle (..., 3, 3) -> (...): the yaw of the body x-axis projected onto the ground plane."""
-    return np.arctan2(m[..., 1, 0], m[..., 0, 0])
+def heading_of_mat(m: np.ndarray) -> np.ndarray:
+    """Heading angle (..., 3, 3) -> (...): the twist of R about world z in its swing-twist decomposition.
+
+    Every rotation factors as ``R = Rz(heading) S`` with ``S`` a rotation about a horizontal axis (the swing: pitch
+    and roll, no turn). With R as a quaternion (w, x, y, z), ``heading = 2 atan2(z, w)``; from the matrix,
+    ``atan2(R10 - R01, R00 + R11)``. Unlike the yaw of one body axis projected on the ground (undefined when
+    that axis is vertical: lying down, getting up, a pitched jump), this is smooth for every orientation except
+    one whose z-axis points straight down (swing of 180 degrees, since ``w^2 + z^2 = (1 + R22) / 2``). For an
+    upright body it equals the yaw of the x-axis to second order in the tilt."""
+    return np.arctan2(m[..., 1, 0] - m[..., 0, 1], m[..., 0, 0] + m[..., 1, 1])
 
 
 def rot_z(yaw: np.ndarray) -> np.ndarray:

@@ -23,19 +23,18 @@ from motiontok.models import DiscreteVAE
 from motiontok.motion import MotionClip
 from motiontok.nets import ARPosterior, TrajectoryNetConfig
 from motiontok.normalizer import RunningNormalizer
+from motiontok.paths import asset_dir
 
 if TYPE_CHECKING:
     from motiontok.nets.greedy_cpu import GreedyDecoderCPU
 
 FORMAT = "motiontok.tokenizer"
 FORMAT_VERSION = 1
-FEATURE_LAYOUT = "h1-relpose-127-v1"
-"""Name of the feature layout in ``motiontok.features``; bump it when the layout changes."""
 GREEDY_CPU_MAX_BATCH = 8
 """Greedy ``encode`` of at most this many windows on CPU runs the compiled decoder (``nets.greedy_cpu``), which
 wins while per-op overhead dominates; larger batches use torch's batched ops (crossover between 8 and 16
 windows in bench/bench_sampling.py on the 2-core machines)."""
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "checkpoints" / "tokenizer_h1"
+DEFAULT_CHECKPOINT = asset_dir() / "checkpoints" / "tokenizer_h1"
 
 
 def tokenizer_config(model: DiscreteVAE, fps: float, **extra: Any) -> dict[str, Any]:
@@ -43,7 +42,7 @@ def tokenizer_config(model: DiscreteVAE, fps: float, **extra: Any) -> dict[str, 
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "feature_layout": FEATURE_LAYOUT,
+        "feature_layout": feat.FEATURE_LAYOUT,
         "net": dataclasses.asdict(model.cfg),
         "posterior": model.posterior_kind,
         "fps": fps,
@@ -211,8 +210,11 @@ class MotionTokenizer(nn.Module):
                 f"{path}: checkpoint format version {config.get('format_version')}, this motiontok reads "
                 f"{FORMAT_VERSION}; retrain or use a matching motiontok release"
             )
-        if config.get("feature_layout") != FEATURE_LAYOUT:
-            raise CheckpointError(f"{path}: feature layout {config.get('feature_layout')!r} != {FEATURE_LAYOUT!r}")
+        if config.get("feature_layout") != feat.FEATURE_LAYOUT:
+            raise CheckpointError(
+                f"{path}: trained on feature layout {config.get('feature_layout')!r}, this motiontok computes "
+                f"{feat.FEATURE_LAYOUT!r}; retrain it or use a matching motiontok release"
+            )
         try:
             model = DiscreteVAE(TrajectoryNetConfig(**config["net"]), config.get("posterior", "ar"))
             normalizer = RunningNormalizer(model.cfg.feature_dim)

@@ -44,21 +44,30 @@ class TrainConfig:
     """Windows per step and per process."""
     lr: float = 3e-4
     """Peak AdamW learning rate (paper: 3e-4)."""
+    lr_schedule: str = "constant"
+    """``constant`` after the warm-up (the authors' code) or ``cosine`` decay to ``lr * lr_final_ratio``."""
     lr_final_ratio: float = 0.1
     """Cosine decay ends at lr * lr_final_ratio."""
-    warmup_steps: int = 100
+    warmup_steps: int = 0
     """Linear LR warm-up."""
-    weight_decay: float = 0.01
+    weight_decay: float = 1e-4
     """AdamW weight decay on matrices (not on biases, norms, embeddings' positions or log-eta)."""
+    adam_beta2: float = 0.999
+    """AdamW's second-moment decay (the authors' code: 0.999; motiontok v1: 0.99)."""
     recognition_lr_scale: float = 1.0
     """Learning rate of the recognition model (encoder + posterior) relative to ``lr``. Below 1 the decoder learns
     what the codes mean before the encoder sharpens onto codes that merely fit the average window."""
-    eta_lr: float = 1e-2
-    """Adam learning rate of log(eta) (the trust-region multiplier adapts faster than the networks)."""
+    eta_lr: float = 1e-3
+    """Adam learning rate of log(eta), its own parameter group at a constant rate (the authors' code: 1e-3)."""
+    grad_clip_mode: str = "adaptive"
+    """``adaptive``: unit-wise adaptive clipping of the networks' gradients (each row's gradient norm at most
+    ``grad_clip`` times its weight norm; the authors' code), ``global``: one global-norm clip at ``grad_clip``
+    over encoder and decoder together (v1), ``none``."""
     grad_clip: float = 1.0
-    """Global gradient-norm clip (0 disables)."""
+    """The clipping threshold of ``grad_clip_mode`` (0 disables clipping)."""
     seed: int = 0
-    """Seeds parameters, batch sampling and latent sampling."""
+    """Seeds the initial weights (scripts/train_tokenizer.py seeds before building the networks), batch sampling
+    and latent sampling."""
     device: str = "auto"
     """'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ..."""
     num_threads: int = 0
@@ -122,10 +131,26 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+LR_SCHEDULES = ("constant", "cosine")
+CLIP_MODES = ("adaptive", "global", "none")
+
+
+def check_train_config(cfg: TrainConfig) -> None:
+    """Raise ValueError on a setting the loop cannot use (before any data is loaded)."""
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"train.lr_schedule must be one of {LR_SCHEDULES}, got {cfg.lr_schedule!r}")
+    if cfg.grad_clip_mode not in CLIP_MODES:
+        raise ValueError(f"train.grad_clip_mode must be one of {CLIP_MODES}, got {cfg.grad_clip_mode!r}")
+    if cfg.steps < 0 or cfg.batch_size < 1 or cfg.ckpt_every < 1 or cfg.keep_checkpoints < 1:
+        raise ValueError("train.steps must be >= 0, and batch_size, ckpt_every and keep_checkpoints >= 1")
+
+
 def lr_factor(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up, then cosine decay from 1 to ``lr_final_ratio`` at ``cfg.steps``."""
+    """Linear warm-up, then constant, or cosine decay from 1 to ``lr_final_ratio`` at ``cfg.steps``."""
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return 1.0
     progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
     return cfg.lr_final_ratio + (1 - cfg.lr_final_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
@@ -145,17 +170,56 @@ def make_optimizer(objective: Objective, cfg: TrainConfig) -> torch.optim.Optimi
     est = list(objective.estimator.parameters())
     if est:
         groups.append({"params": est, "weight_decay": 0.0, "lr": cfg.eta_lr, "base_lr": cfg.eta_lr, "fixed": True})
-    return torch.optim.AdamW(groups, betas=(0.9, 0.99))
+    return torch.optim.AdamW(groups, betas=(0.9, cfg.adam_beta2))
+
+
+def adaptive_clip_(params: Sequence[nn.Parameter], clipping: float, eps: float = 1e-3) -> Tensor:
+    """Unit-wise adaptive gradient clipping (Brock et al. 2021, NFNets), in place.
+
+    A unit is one row of a parameter (its slice along dim 0: an output unit of a Linear or a convolution, one code
+    of an embedding), or the whole parameter for vectors and scalars. A unit's gradient g is rescaled to norm
+    ``clipping * max(||w||, eps)`` when it is longer than that, w being the unit's weights. Returns the global
+    norm of the gradients before clipping (0-dim tensor)."""
+    total = torch.zeros(())
+    for p in params:
+        if p.grad is None:
+            continue
+        dims = tuple(range(1, p.ndim)) if p.ndim > 1 else tuple(range(p.ndim))
+        g_norm = p.grad.norm(dim=dims, keepdim=True)  # (rows, 1, ...) or ()
+        max_norm = clipping * p.detach().norm(dim=dims, keepdim=True).clamp(min=eps)
+        p.grad.mul_((max_norm / g_norm.clamp(min=1e-6)).clamp(max=1.0))
+        total = total.to(g_norm.device) + g_norm.square().sum()
+    return total.sqrt()
+
+
+def clip_gradients(model: nn.Module, cfg: TrainConfig) -> Tensor | None:
+    """Apply ``cfg.grad_clip_mode`` to the model's gradients; the global gradient norm before clipping, if any."""
+    if cfg.grad_clip <= 0 or cfg.grad_clip_mode == "none":
+        return None
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.grad_clip_mode == "adaptive":
+        return adaptive_clip_(params, cfg.grad_clip)
+    return nn.utils.clip_grad_norm_(params, cfg.grad_clip)
 
 
 class _Stop:
-    """Turns SIGTERM/SIGINT into a flag so the loop can checkpoint before exiting."""
+    """Turns SIGTERM/SIGINT into a flag so the loop can checkpoint before exiting; a context manager that puts
+    the previous handlers back on exit (whether the loop ends, breaks or raises)."""
 
     def __init__(self) -> None:
         self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Stop:
         for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(ValueError):  # not in the main thread
-                signal.signal(sig, self._handler)
+            with contextlib.suppress(ValueError):  # not in the main thread: no handler, no flag
+                self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
 
     def _handler(self, signum: int, frame: Any) -> None:
         self.requested = True
@@ -172,6 +236,7 @@ def train(
 ) -> dict[str, float]:
     """Train ``model`` with ``estimator`` on the windows of ``data_path``; returns the final validation metrics
     (empty without validation files). ``records`` (e.g. the resolved config) is stored in every checkpoint."""
+    check_train_config(cfg)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     rank, world = 0, 1
     device = resolve_device(cfg.device)
@@ -203,15 +268,8 @@ def train(
     resuming = (ckpt_root / "latest").is_file()
     init_record = _init_from(Path(cfg.init_from), objective, load=not resuming) if cfg.init_from else None
     if resuming:
-        step, elapsed = _resume(
-            ckpt_root / (ckpt_root / "latest").read_text().strip(),
-            objective,
-            optimizer,
-            sampler,
-            normalizer,
-            rank,
-            device,
-        )
+        latest = ckpt_root / (ckpt_root / "latest").read_text().strip()
+        step, elapsed = _resume(latest, objective, optimizer, sampler, normalizer, rank, device)
     if distributed:
         for p in objective.parameters():  # identical start on every rank (rank 0's weights)
             dist.broadcast(p.data, src=0)
@@ -230,80 +288,62 @@ def train(
     records = dict(records or {}, train=dataclasses.asdict(cfg), world_size=world, machine=machine_info(device))
     if init_record is not None:
         records["init_from"] = init_record
-    stop = _Stop()
     t_start = time.monotonic()
 
     def checkpoint() -> None:
+        rng = _rng_states(sampler, distributed, world)  # every rank's streams (a collective call)
+        _check_replicas(objective, distributed, world)
         if main:
             seconds = elapsed + time.monotonic() - t_start
-            _save(
-                ckpt_root,
-                step,
-                objective,
-                optimizer,
-                sampler,
-                normalizer,
-                train_set.fps,
-                records,
-                cfg,
-                seconds,
-            )
+            _save(ckpt_root, step, objective, optimizer, rng, normalizer, train_set.fps, records, cfg, seconds)
         if distributed:
             dist.barrier()
 
+    def evaluate(windows: Tensor, robot_metrics: bool) -> dict[str, float]:
+        beta = estimator.beta(step)
+        return evaluate_tokenizer(model, normalizer, windows, train_set.fps, beta, robot_metrics=robot_metrics)
+
     metrics: dict[str, Tensor] = {}
     last_ckpt = step
-    while step < cfg.steps:
-        for g in optimizer.param_groups:
-            g["lr"] = g["base_lr"] * (1.0 if g.get("fixed") else lr_factor(step, cfg))
-        x = normalizer.normalize(sampler.sample(cfg.batch_size).to(device))  # (B, L, F)
-        loss, metrics = runner(x, step)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            metrics["charts/grad_norm"] = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).detach()
-        optimizer.step()
-        step += 1
-        if main and step % cfg.log_every == 0:  # reading metrics syncs the device: only every log_every steps
-            values = {k: float(v) for k, v in metrics.items()}
-            for k, v in values.items():
-                writer.add_scalar(k, v, step)
-            writer.add_scalar("charts/lr", optimizer.param_groups[0]["lr"], step)
+    with _Stop() as stop:
+        while step < cfg.steps:
+            for g in optimizer.param_groups:
+                g["lr"] = g["base_lr"] * (1.0 if g.get("fixed") else lr_factor(step, cfg))
+            x = normalizer.normalize(sampler.sample(cfg.batch_size).to(device))  # (B, L, F)
+            loss, metrics = runner(x, step)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = clip_gradients(model, cfg)
+            if grad_norm is not None:
+                metrics["charts/grad_norm"] = grad_norm.detach()
+            optimizer.step()
+            step += 1
+            if main and step % cfg.log_every == 0:  # reading metrics syncs the device: only every log_every steps
+                _log(writer, bar, metrics, optimizer, step)
             if bar is not None:
-                shown = {k.split("/")[-1]: f"{values[k]:.4g}" for k in PROGRESS_KEYS if k in values}
-                bar.set_postfix(shown, refresh=False)
-        if bar is not None:
-            bar.update(1)
-        if main and val_windows is not None and cfg.eval_every and step % cfg.eval_every == 0:
-            res = evaluate_tokenizer(
-                model,
-                normalizer,
-                val_windows[: cfg.eval_windows],
-                train_set.fps,
-                estimator.beta(step),
-                robot_metrics=False,
-            )
-            for k, v in res.items():
-                writer.add_scalar(f"val/{k}", v, step)
-        out_of_time = cfg.max_minutes > 0 and (time.monotonic() - t_start) > 60 * cfg.max_minutes
-        if distributed:  # every rank must agree to stop at the same step
-            flag = torch.tensor([float(stop.requested or out_of_time)], device=device)
-            dist.all_reduce(flag)
-            out_of_time = bool(flag.item() > 0)
-        if step % cfg.ckpt_every == 0 or step == cfg.steps or stop.requested or out_of_time:
+                bar.update(1)
+            if main and val_windows is not None and cfg.eval_every and step % cfg.eval_every == 0:
+                for k, v in evaluate(val_windows[: cfg.eval_windows], robot_metrics=False).items():
+                    writer.add_scalar(f"val/{k}", v, step)
+            out_of_time = cfg.max_minutes > 0 and (time.monotonic() - t_start) > 60 * cfg.max_minutes
+            if distributed:  # every rank must agree to stop at the same step
+                flag = torch.tensor([float(stop.requested or out_of_time)], device=device)
+                dist.all_reduce(flag)
+                out_of_time = bool(flag.item() > 0)
+            if step % cfg.ckpt_every == 0 or step == cfg.steps or stop.requested or out_of_time:
+                checkpoint()
+                last_ckpt = step
+            if stop.requested or out_of_time:
+                break
+        if last_ckpt != step:
             checkpoint()
-            last_ckpt = step
-        if stop.requested or out_of_time:
-            break
-    if last_ckpt != step:
-        checkpoint()
     if bar is not None:
         bar.close()
     final: dict[str, float] = {}
     if main and step >= cfg.steps:
         tok = MotionTokenizer(model, normalizer, train_set.fps)
         if val_windows is not None:
-            final = evaluate_tokenizer(model, normalizer, val_windows, train_set.fps, estimator.beta(step))
+            final = evaluate(val_windows, robot_metrics=True)
             for k, v in final.items():
                 writer.add_scalar(f"val_final/{k}", v, step)
         seconds = round(elapsed + time.monotonic() - t_start, 1)
@@ -316,12 +356,49 @@ def train(
     return final
 
 
+def _log(writer: Any, bar: Any, metrics: dict[str, Tensor], optimizer: torch.optim.Optimizer, step: int) -> None:
+    """Scalars to TensorBoard, the ``PROGRESS_KEYS`` to the progress bar."""
+    values = {k: float(v) for k, v in metrics.items()}
+    for k, v in values.items():
+        writer.add_scalar(k, v, step)
+    writer.add_scalar("charts/lr", optimizer.param_groups[0]["lr"], step)
+    if bar is not None:
+        shown = {k.split("/")[-1]: f"{values[k]:.4g}" for k in PROGRESS_KEYS if k in values}
+        bar.set_postfix(shown, refresh=False)
+
+
+def _rng_states(sampler: WindowSampler, distributed: bool, world: int) -> list[dict[str, Tensor | None]]:
+    """The random streams of every rank (batch sampler, torch CPU and CUDA), rank order; collective if distributed.
+    Saved with a checkpoint so that a resumed run, on any number of ranks it had, draws what it would have drawn."""
+    mine = {
+        "sampler": sampler.generator.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+    }
+    if not distributed:
+        return [mine]
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, mine)
+    return gathered
+
+
+def _check_replicas(objective: Objective, distributed: bool, world: int) -> None:
+    """Raise if the DDP replicas' weights differ (they must stay bit-identical: same start, averaged gradients)."""
+    if not distributed:
+        return
+    fingerprint = torch.stack([p.detach().double().sum() for p in objective.parameters()]).cpu()  # (P,)
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, fingerprint)
+    if any(not torch.equal(g, gathered[0]) for g in gathered):
+        raise RuntimeError("DistributedDataParallel replicas diverged: their weights differ")
+
+
 def _save(
     root: Path,
     step: int,
     objective: Objective,
     optimizer: torch.optim.Optimizer,
-    sampler: WindowSampler,
+    rng: list[dict[str, Tensor | None]],
     normalizer: RunningNormalizer,
     fps: float,
     records: dict[str, Any],
@@ -334,9 +411,7 @@ def _save(
         "step": step,
         "elapsed_s": seconds,
         "optimizer": optimizer.state_dict(),
-        "sampler_rng": sampler.generator.get_state(),
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "rng": rng,  # one entry per rank
     }
     name = f"step_{step:07d}"
     config = tokenizer_config(objective.model, fps, **records, step=step, train_seconds=round(seconds, 1))
@@ -384,12 +459,13 @@ def _resume(
         optimizer.load_state_dict(state["optimizer"])
     except (RuntimeError, KeyError, ValueError) as err:
         raise CheckpointError(f"{path}: cannot resume this run from it ({err})") from None
-    if rank == 0:
-        sampler.generator.set_state(state["sampler_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        if state.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-    else:  # other ranks re-derive their streams from the step so runs stay reproducible
+    rng = state.get("rng", [])
+    if rank < len(rng):  # this rank's own streams: the resumed run draws what the uninterrupted one would have
+        sampler.generator.set_state(rng[rank]["sampler"])
+        torch.set_rng_state(rng[rank]["torch"])
+        if rng[rank]["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng[rank]["cuda"])
+    else:  # a rank the saved run did not have: streams derived from the step (reproducible, not identical)
         sampler.generator.manual_seed(int(state["step"]) * 7919 + rank)
         torch.manual_seed(int(state["step"]) * 7919 + rank)
     objective.to(device)

@@ -77,9 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     beta = args.beta
     if beta is None:
         beta = float(tok.config.get("config", {}).get("estimator", {}).get("beta", {}).get("end", 1.0))
-    torch.manual_seed(args.seed)
     t0 = time.perf_counter()
-    metrics = evaluate_tokenizer(tok.model, tok.normalizer, windows, tok.fps, beta)
+    metrics = evaluate_tokenizer(tok.model, tok.normalizer, windows, tok.fps, beta, seed=args.seed)
     metrics |= {
         "clips": clips,
         "seconds": round(time.perf_counter() - t0, 2),

@@ -23,6 +23,7 @@ from motiontok.errors import CheckpointError
 KEYS = (
     "log_p",
     "log_p_greedy",
+    "log_p_fixed_var",
     "l2",
     "l2_sample",
     "kl",

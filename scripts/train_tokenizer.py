@@ -16,12 +16,14 @@ import sys
 from pathlib import Path
 
 import hydra
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from motiontok.daps import BetaSchedule
-from motiontok.data import write_dataset
+from motiontok.data import dataset_layout, write_dataset
 from motiontok.errors import CheckpointError, MotionDataError
 from motiontok.estimators import ESTIMATORS
+from motiontok.features import FEATURE_LAYOUT
 from motiontok.models import DiscreteVAE
 from motiontok.motion import load_motions
 from motiontok.nets import TrajectoryNetConfig
@@ -29,16 +31,18 @@ from motiontok.trainer import TrainConfig, train
 
 
 def ensure_dataset(data: DictConfig) -> Path:
-    """The prepared HDF5 file, built from ``data.source`` the first time."""
+    """The prepared HDF5 file, built from ``data.source`` the first time, and rebuilt from it when it holds
+    features of an older layout."""
     path = Path(data.path)
-    if path.is_file():
+    stale = path.is_file() and dataset_layout(path) != FEATURE_LAYOUT
+    if path.is_file() and not stale:
         return path
     if not data.source:
         raise MotionDataError(
-            f"{path}: dataset not found. Prepare it with scripts/prepare_lafan.py, or set MOTIONTOK_DATA / "
-            "data.source to a directory of LAFAN1-H1 CSV files"
+            f"{path}: dataset {'of an older feature layout' if stale else 'not found'}. Prepare it with "
+            "scripts/prepare_lafan.py, or set MOTIONTOK_DATA / data.source to a directory of LAFAN1-H1 CSV files"
         )
-    print(f"preparing {path} from {data.source}", file=sys.stderr)
+    print(f"{'rebuilding' if stale else 'preparing'} {path} from {data.source}", file=sys.stderr)
     return write_dataset(load_motions(data.source, fps=data.fps), path, progress=True)
 
 
@@ -53,6 +57,7 @@ def main(cfg: DictConfig) -> None:
         est_cfg["beta"] = BetaSchedule(**est_cfg["beta"])
     try:
         path = ensure_dataset(cfg.data)
+        torch.manual_seed(cfg.train.seed)  # the initial weights too
         model = DiscreteVAE(
             TrajectoryNetConfig(**cfg.tokenizer.net),
             cfg.tokenizer.posterior,

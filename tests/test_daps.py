@@ -287,9 +287,14 @@ def test_beta_schedule_cosine_and_linear() -> None:
 def test_beta_schedule_constant_and_validation() -> None:
     c = BetaSchedule(kind="constant", start=0.5, end=0.01, steps=10)
     assert {c(i) for i in (0, 5, 10, 10**6)} == {0.5}
-    assert BetaSchedule()(0) == 2.0 and BetaSchedule()(10_000) == pytest.approx(0.01)
+    assert BetaSchedule()(0) == 3.0 and BetaSchedule()(10_000) == pytest.approx(0.01)
+    e = BetaSchedule(kind="exp", start=3.0, end=0.01, steps=10)  # a constant factor per step, 3 -> 0.01
+    ratios = [e(i + 1) / e(i) for i in range(10)]
+    assert ratios == pytest.approx([(0.01 / 3.0) ** 0.1] * 10) and e(10) == pytest.approx(0.01) and e(99) == e(10)
     with pytest.raises(ValueError):
-        BetaSchedule(kind="exp")
+        BetaSchedule(kind="exp", end=0.0)
+    with pytest.raises(ValueError):
+        BetaSchedule(kind="cosh")
     with pytest.raises(ValueError):
         BetaSchedule(start=-1.0)
     with pytest.raises(ValueError):

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -20,7 +22,7 @@ from motiontok.estimators import DapsConfig, DapsEstimator
 from motiontok.models import DiscreteVAE
 from motiontok.motion import MotionClip
 from motiontok.nets import TrajectoryNetConfig
-from motiontok.trainer import TrainConfig, lr_factor, train
+from motiontok.trainer import TrainConfig, adaptive_clip_, lr_factor, train
 from tests.conftest import synthetic_qpos
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,16 +41,8 @@ def _run(dataset, out, steps, **kw):
     torch.manual_seed(0)
     model = DiscreteVAE(TINY)
     est = DapsEstimator(DapsConfig(num_samples=4, beta=BetaSchedule("cosine", 2.0, 0.01, 8)))
-    cfg = TrainConfig(
-        steps=8,
-        batch_size=4,
-        warmup_steps=2,
-        eval_every=0,
-        ckpt_every=2,
-        progress=False,
-        keep_checkpoints=10,
-        **kw,
-    )
+    settings = dict(steps=8, batch_size=4, warmup_steps=2, eval_every=0, ckpt_every=2, progress=False)
+    cfg = TrainConfig(**(settings | dict(keep_checkpoints=10) | kw))
     cfg.steps = steps if steps else cfg.steps
     return train(dataset, model, est, cfg, out, VAL), model
 
@@ -141,35 +135,110 @@ def test_training_improves_reconstruction(dataset, tmp_path):
 
 
 def test_lr_schedule():
-    cfg = TrainConfig(steps=100, warmup_steps=10, lr_final_ratio=0.1)
+    cfg = TrainConfig(steps=100, warmup_steps=10, lr_final_ratio=0.1, lr_schedule="cosine")
     assert lr_factor(0, cfg) == pytest.approx(0.1) and lr_factor(9, cfg) == pytest.approx(1.0)
     assert lr_factor(10, cfg) == pytest.approx(1.0) and lr_factor(100, cfg) == pytest.approx(0.1)
     assert lr_factor(55, cfg) == pytest.approx(0.55)
+    const = TrainConfig(steps=100, warmup_steps=10, lr_schedule="constant")
+    assert lr_factor(4, const) == pytest.approx(0.5) and {lr_factor(s, const) for s in (10, 55, 100, 500)} == {1.0}
+
+
+def test_evaluation_does_not_change_training(dataset, tmp_path):
+    """Periodic validation draws from its own generator: the trained weights are the same with and without it."""
+    _run(dataset, tmp_path / "quiet", 6)
+    _run(dataset, tmp_path / "evals", 6, eval_every=2, eval_windows=2)
+    a = _weights(tmp_path / "quiet" / "checkpoints" / "step_0000006")
+    b = _weights(tmp_path / "evals" / "checkpoints" / "step_0000006")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def test_signal_handlers_are_restored(dataset, tmp_path):
+    def mine(signum, frame):
+        pass
+
+    before = {sig: signal.signal(sig, mine) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        _run(dataset, tmp_path / "run", 2)
+        assert signal.getsignal(signal.SIGTERM) is mine and signal.getsignal(signal.SIGINT) is mine
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+def test_trainer_state_is_loaded_without_unpickling_objects(dataset, tmp_path):
+    """Resuming reads the trainer state with weights_only: a state holding an arbitrary object is refused."""
+    _run(dataset, tmp_path / "run", 2)
+    ckpt = tmp_path / "run" / "checkpoints" / "step_0000002"
+    state = torch.load(ckpt / "trainer_state.pt", weights_only=True)  # what train() writes loads this way
+    assert state["step"] == 2 and len(state["rng"]) == 1
+    torch.save(dict(state, extra=SimpleNamespace(x=1)), ckpt / "trainer_state.pt")
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(ckpt, trainer_state=True)
+
+
+def test_adaptive_clipping_against_a_loop():
+    """Each row's gradient is capped at clipping * max(row weight norm, eps); vectors and scalars as one unit."""
+    g = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(shape, generator=g)) for shape in ((5, 3), (4, 2, 3), (6,), ())]
+    params[0].data[1] = 0.0  # a zero row: capped at clipping * eps
+    grads = [torch.randn(p.shape, generator=g) * 3 for p in params]
+    for p, gr in zip(params, grads, strict=True):
+        p.grad = gr.clone()
+    total = adaptive_clip_(params, 0.5, eps=1e-3)
+    assert total.item() == pytest.approx(torch.cat([gr.flatten() for gr in grads]).norm().item(), rel=1e-6)
+    for p, gr in zip(params, grads, strict=True):
+        rows = [(p.data, gr)] if p.ndim <= 1 else list(zip(p.data, gr, strict=True))
+        got = [p.grad] if p.ndim <= 1 else list(p.grad)
+        for (w, g0), g1 in zip(rows, got, strict=True):
+            limit = 0.5 * max(w.norm().item(), 1e-3)
+            expected = g0 if g0.norm() <= limit else g0 * limit / g0.norm()
+            torch.testing.assert_close(g1, expected)
+    assert any(not torch.equal(p.grad, gr) for p, gr in zip(params, grads, strict=True))  # something was clipped
+
+
+def _script(dataset, out, *overrides, nproc=1):
+    """scripts/train_tokenizer.py on the smoke preset, under torchrun with ``nproc`` processes when above 1."""
+    cmd = [sys.executable]
+    if nproc > 1:
+        cmd += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+    cmd += [str(ROOT / "scripts/train_tokenizer.py"), "preset=smoke", f"data.path={dataset}"]
+    cmd += [f"data.val_files=[{VAL[0]}]", f"out_dir={out}", "train.num_threads=1", "train.device=cpu", *overrides]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+
+
+@pytest.mark.slow
+def test_train_seed_seeds_the_initial_weights(dataset, tmp_path):
+    """train.seed decides the initial weights (one step at LR 0 leaves them as initialised)."""
+    runs = {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        res = _script(dataset, tmp_path / name, "train.steps=1", "train.lr=0", f"train.seed={seed}")
+        assert res.returncode == 0, res.stderr[-3000:]
+        runs[name] = strip_prefix(_weights(tmp_path / name / "final"), "model.")
+    for k in runs["a"]:
+        torch.testing.assert_close(runs["a"][k], runs["b"][k], rtol=0, atol=0, msg=k)
+    assert any(not torch.equal(runs["a"][k], runs["c"][k]) for k in runs["a"])
 
 
 @pytest.mark.slow
 def test_torchrun_two_processes_gloo(dataset, tmp_path):
-    """DistributedDataParallel on 2 CPU processes keeps the replicas identical and writes one checkpoint."""
-    out = tmp_path / "ddp"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        str(ROOT / "scripts/train_tokenizer.py"),
-        "preset=smoke",
-        f"data.path={dataset}",
-        f"data.val_files=[{VAL[0]}]",
-        f"out_dir={out}",
-        "train.num_threads=1",
-        "train.device=cpu",
-    ]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    """DistributedDataParallel on 2 CPU processes: the replicas stay identical (train() checks their weights at
+    every checkpoint and raises otherwise), one checkpoint is written, and a run resumed from the step-3
+    checkpoint ends with exactly the weights of the uninterrupted run (every rank's streams are saved)."""
+    full, cut = tmp_path / "ddp", tmp_path / "cut"
+    res = _script(dataset, full, nproc=2)
     assert res.returncode == 0, res.stderr[-3000:]
-    cfg = json.loads((out / "final" / "config.json").read_text())
+    cfg = json.loads((full / "final" / "config.json").read_text())
     assert cfg["world_size"] == 2 and cfg["step"] == 6
     metrics = json.loads(res.stdout.strip().splitlines()[-1])
     assert metrics["windows"] == 2
+    state = torch.load(full / "checkpoints" / "step_0000003" / "trainer_state.pt", weights_only=True)
+    assert len(state["rng"]) == 2 and not torch.equal(state["rng"][0]["sampler"], state["rng"][1]["sampler"])
+    shutil.copytree(full / "checkpoints" / "step_0000003", cut / "checkpoints" / "step_0000003")
+    (cut / "checkpoints" / "latest").write_text("step_0000003\n")
+    res = _script(dataset, cut, nproc=2)
+    assert res.returncode == 0, res.stderr[-3000:]
+    a, b = _weights(full / "checkpoints" / "step_0000006"), _weights(cut / "checkpoints" / "step_0000006")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)

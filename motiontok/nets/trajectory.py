@@ -8,7 +8,7 @@ Recognition model q(z | x):
 Generative model p(x | z):
     z (B, T) tokens, or (B, T, V) soft one-hot, or (B, T, H) continuous codes -> TrajectoryDecoder:
     embeddings, positional embedding, transformer encoder, conv1d resample T -> L, linear -> mean (B, L, F)
-    and a learnable per-feature variance (F,) clipped to [0.01, 1].
+    and a per-feature variance (F,): constant (LAFAN: 0.25, as in the authors' code) or learned in [0.01, 1].
 
 Shapes: B batch, L frames per window, F features per frame, T latent positions (block size),
 V vocabulary size, H embed_dim.
@@ -23,7 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from motiontok.nets.transformer import TransformerDecoder, TransformerEncoder
+from motiontok.nets.transformer import Attention, TransformerDecoder, TransformerEncoder
+
+INITS = ("xavier", "gpt")
+POS_EMBS = ("sinusoidal", "learned")
+VARIANCES = ("constant", "learned")
+VAR_MIN, VAR_MAX = 0.01, 1.0
+"""Range of a learned decoder variance (the paper's image decoders clip to [0.01, 1])."""
 
 
 @dataclass
@@ -55,6 +61,16 @@ class TrajectoryNetConfig:
     Measured on LAFAN (CPU budget, same batches): greedy code perplexity at init 377 with it vs 259 without, and
     validation L2 60.1 at step 150 with it vs 68.3 at step 250 without (that posterior collapsed to ~3% of codes).
     Not in the paper; ``preset=paper`` turns it off."""
+    init: str = "xavier"
+    """Weight initialisation: ``xavier`` (the authors' code: xavier-uniform matrices, biases N(0, 1e-6), code
+    embeddings N(0, 1)) or ``gpt`` (N(0, 0.02) for matrices and embeddings, zero biases; motiontok v1)."""
+    pos_emb: str = "sinusoidal"
+    """Positional embeddings: ``sinusoidal`` (fixed, the authors' code) or ``learned`` (N(0, 0.02), v1)."""
+    variance: str = "constant"
+    """Decoder variance: ``constant`` (``variance_value`` for every feature; the authors' LAFAN likelihood) or
+    ``learned`` (per feature, ``0.01 + 0.99 sigmoid(u)``, starting at ``variance_value``: a gradient everywhere)."""
+    variance_value: float = 0.25
+    """The constant variance, or the learned variance's initial value (standardized units)."""
 
     def __post_init__(self) -> None:
         for name in ("feature_dim", "length", "block_size", "vocab_size", "embed_dim", "num_heads"):
@@ -64,6 +80,11 @@ class TrajectoryNetConfig:
             raise ValueError("num_layers must be >= 0 and mlp_ratio > 0")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name, allowed in (("init", INITS), ("pos_emb", POS_EMBS), ("variance", VARIANCES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not VAR_MIN <= self.variance_value <= VAR_MAX:
+            raise ValueError(f"variance_value must lie in [{VAR_MIN}, {VAR_MAX}], got {self.variance_value}")
         if self.embed_dim % self.num_heads != 0:
             raise ValueError(f"embed_dim {self.embed_dim} not divisible by num_heads {self.num_heads}")
         if not (
@@ -86,14 +107,42 @@ def _resample(in_channels: int, out_channels: int, in_len: int, out_len: int) ->
     raise ValueError(f"cannot resample length {in_len} -> {out_len}")
 
 
-def _init_weights(module: nn.Module) -> None:
-    """nanoGPT-style init: N(0, 0.02) for linear and embedding weights, zero biases."""
-    if isinstance(module, nn.Linear):
-        nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.Embedding):
-        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+def init_weights(module: nn.Module, scheme: str) -> None:
+    """Initialise every Linear and Embedding below ``module`` (convolutions keep torch's default).
+
+    ``xavier``: xavier-uniform matrices (a fused q/k/v projection per C x C block, as three separate projections
+    would be), biases N(0, 1e-6), embeddings N(0, 1). ``gpt``: N(0, 0.02) matrices and embeddings, zero biases."""
+    fused = {id(m.qkv) for m in module.modules() if isinstance(m, Attention)}  # (3C, C) = q, k, v stacked
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            if scheme == "gpt":
+                nn.init.normal_(m.weight, std=0.02)
+            else:
+                for block in m.weight.split(m.in_features) if id(m) in fused else [m.weight]:
+                    nn.init.xavier_uniform_(block)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias) if scheme == "gpt" else nn.init.normal_(m.bias, std=1e-6)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02 if scheme == "gpt" else 1.0)
+
+
+def sinusoidal_positions(length: int, dim: int) -> Tensor:
+    """(length, dim) fixed positional table: sines in the first half, cosines in the second, frequencies
+    geometric from 1 to 1/10000 rad per position."""
+    half = dim // 2
+    freq = torch.exp(-math.log(10000.0) * torch.arange(half) / max(half - 1, 1))  # (half,)
+    angle = torch.arange(length)[:, None] * freq  # (length, half)
+    table = torch.zeros(length, dim)
+    table[:, :half], table[:, half : 2 * half] = angle.sin(), angle.cos()
+    return table
+
+
+def _add_positions(module: nn.Module, cfg: TrajectoryNetConfig) -> None:
+    """``module.pos_emb`` (T, H): a fixed buffer (not saved) or a parameter, per ``cfg.pos_emb``."""
+    if cfg.pos_emb == "sinusoidal":
+        module.register_buffer("pos_emb", sinusoidal_positions(cfg.block_size, cfg.embed_dim), persistent=False)
+    else:
+        module.pos_emb = nn.Parameter(torch.randn(cfg.block_size, cfg.embed_dim) * 0.02)
 
 
 def categorical_log_prob(logits: Tensor, tokens: Tensor) -> Tensor:
@@ -144,11 +193,10 @@ class TrajectoryEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.resample = _resample(cfg.feature_dim, cfg.embed_dim, cfg.length, cfg.block_size)
-        self.pos_emb = nn.Parameter(torch.zeros(cfg.block_size, cfg.embed_dim))
+        _add_positions(self, cfg)
         self.drop = nn.Dropout(cfg.dropout)
         self.encoder = TransformerEncoder(cfg.embed_dim, cfg.num_heads, cfg.num_layers, cfg.mlp_ratio, cfg.dropout)
-        self.apply(_init_weights)
-        nn.init.normal_(self.pos_emb, std=0.02)
+        init_weights(self, cfg.init)
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.resample(x.transpose(1, 2)).transpose(1, 2)  # (B, L, F) -> (B, T, H)
@@ -215,12 +263,11 @@ class ARPosterior(Posterior):
         self.block_size = cfg.block_size
         self.bos = cfg.vocab_size
         self.tok_emb = nn.Embedding(cfg.vocab_size + 1, cfg.embed_dim)
-        self.pos_emb = nn.Parameter(torch.zeros(cfg.block_size, cfg.embed_dim))
+        _add_positions(self, cfg)
         self.drop = nn.Dropout(cfg.dropout)
         self.decoder = TransformerDecoder(cfg.embed_dim, cfg.num_heads, cfg.num_layers, cfg.mlp_ratio, cfg.dropout)
         self.head = nn.Linear(cfg.embed_dim, cfg.vocab_size)  # after the decoder's final LayerNorm
-        self.apply(_init_weights)
-        nn.init.normal_(self.pos_emb, std=0.02)
+        init_weights(self, cfg.init)
 
     def _shift_right(self, tokens: Tensor) -> Tensor:
         bos = tokens.new_full((tokens.shape[0], 1), self.bos)
@@ -282,7 +329,7 @@ class NAPosterior(Posterior):
         self.vocab_size = cfg.vocab_size
         self.block_size = cfg.block_size
         self.head = nn.Linear(cfg.embed_dim, cfg.vocab_size)
-        self.apply(_init_weights)
+        init_weights(self, cfg.init)
 
     def logits(self, memory: Tensor, tokens: Tensor | None = None) -> Tensor:
         return self.head(memory)  # (B, T, V); tokens are ignored
@@ -306,27 +353,30 @@ class NAPosterior(Posterior):
 
 
 class TrajectoryDecoder(nn.Module):
-    """z -> (mean (B, L, F), var (F,)) of a Gaussian over the window; variance learnable in [0.01, 1]."""
-
-    var_min: float = 0.01
-    var_max: float = 1.0
+    """z -> (mean (B, L, F), var (F,)) of a Gaussian over the window; variance constant or learned (``cfg``)."""
 
     def __init__(self, cfg: TrajectoryNetConfig):
         super().__init__()
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.embed_dim)
-        self.pos_emb = nn.Parameter(torch.zeros(cfg.block_size, cfg.embed_dim))
+        _add_positions(self, cfg)
         self.drop = nn.Dropout(cfg.dropout)
         self.encoder = TransformerEncoder(cfg.embed_dim, cfg.num_heads, cfg.num_layers, cfg.mlp_ratio, cfg.dropout)
         self.resample = _resample(cfg.embed_dim, cfg.embed_dim, cfg.block_size, cfg.length)
         self.out = nn.Linear(cfg.embed_dim, cfg.feature_dim)
-        self.log_var = nn.Parameter(torch.zeros(cfg.feature_dim))  # variance starts at 1
-        self.apply(_init_weights)
-        nn.init.normal_(self.pos_emb, std=0.02)
+        init_weights(self, cfg.init)
+        u0 = math.log((cfg.variance_value - VAR_MIN) / (VAR_MAX - cfg.variance_value + 1e-12) + 1e-12)
+        if cfg.variance == "learned":  # var = VAR_MIN + (VAR_MAX - VAR_MIN) sigmoid(u): never a flat clamp
+            self.var_logit = nn.Parameter(torch.full((cfg.feature_dim,), u0))
+        else:
+            self.register_buffer("const_var", torch.full((cfg.feature_dim,), cfg.variance_value), persistent=False)
 
     @property
     def var(self) -> Tensor:
-        return self.log_var.exp().clamp(self.var_min, self.var_max)  # (F,)
+        """(F,) variance of every feature, standardized units."""
+        if self.cfg.variance == "constant":
+            return self.const_var
+        return VAR_MIN + (VAR_MAX - VAR_MIN) * torch.sigmoid(self.var_logit)
 
     def embed(self, z: Tensor) -> Tensor:
         """Tokens (B, T) long, or code probabilities (B, T, V) float -> embeddings (B, T, H)."""
