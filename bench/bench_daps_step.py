@@ -1,6 +1,7 @@
 """One DAPS training step vs one teacher-forced forward/backward of the same batch, and where the time goes.
 
     python bench/bench_daps_step.py [--batch 16] [--samples 8] [--repeats 5] [--device cpu]
+    python bench/bench_daps_step.py --batch 256 --cuda-graph --tf32     # GPU: graph-replayed sampling, TF32
 
 Prints one JSON object. Phases of a DAPS step (paper Algorithm 1): encoder context, autoregressive sampling of
 K codes per input (no gradient, KV cache), teacher-forced log q of the samples, decoder + Gaussian log-likelihood,
@@ -36,14 +37,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats (median reported)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    parser.add_argument("--cuda-graph", action="store_true", help="sample the K codes as one CUDA graph (GPU)")
+    parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls (GPU)")
     args = parser.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
     cfg = TrajectoryNetConfig()
     model = DiscreteVAE(cfg).to(device)
-    est = DapsEstimator(DapsConfig(num_samples=args.samples)).to(device)
+    est = DapsEstimator(DapsConfig(num_samples=args.samples, cuda_graph=args.cuda_graph)).to(device)
     params = list(model.parameters()) + list(est.parameters())
     opt = torch.optim.AdamW(params, lr=1e-4)
     B, K = args.batch, args.samples
@@ -57,7 +61,7 @@ def main() -> None:
         _sync(device)
         t["encoder"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        tokens = model.posterior.sample(memory.detach(), num_samples=K)  # (B*K, T)
+        tokens = est.sample_codes(model, memory.detach())  # (B*K, T), as the DAPS step draws them
         _sync(device)
         t["sample"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -116,6 +120,8 @@ def main() -> None:
                 "python": platform.python_version(),
                 "batch": B,
                 "samples": K,
+                "cuda_graph": args.cuda_graph,
+                "tf32": args.tf32,
                 "daps_step_ms": round(1000 * daps, 2),
                 "teacher_forced_step_ms": round(1000 * tf, 2),
                 "ratio": round(daps / tf, 3),

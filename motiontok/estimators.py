@@ -18,6 +18,7 @@ from motiontok import daps
 from motiontok.daps import BetaSchedule
 from motiontok.models import DiscreteVAE
 from motiontok.nets import gaussian_log_prob
+from motiontok.nets.graphs import CudaGraphSampler
 
 
 class EstimatorOutput(NamedTuple):
@@ -51,6 +52,9 @@ class DapsConfig:
     """Advantage baseline: 'softmax' (log-sum-exp over the K rewards) or 'mean'."""
     beta: BetaSchedule = field(default_factory=lambda: BetaSchedule("exp", 3.0, 0.01, 10_000))
     """Entropy weight schedule (the authors' code: exponential decay from 3 to 0.01 over the run)."""
+    cuda_graph: bool = False
+    """On a GPU, draw the K codes with one replayed CUDA graph of the whole decoding loop
+    (``nets.graphs.CudaGraphSampler``) instead of launching every step's kernels. Off until measured on a GPU."""
 
 
 class DapsEstimator(Estimator):
@@ -65,6 +69,7 @@ class DapsEstimator(Estimator):
             raise ValueError(f"ess_target is a fraction of K in (0, 1], got {cfg.ess_target}")
         self.cfg = cfg
         self.log_eta = nn.Parameter(torch.tensor(math.log(cfg.eta_init)))
+        self._graphed: CudaGraphSampler | None = None  # built on the first CUDA step when cfg.cuda_graph
 
     def beta(self, step: int) -> float:
         return self.cfg.beta(step)
@@ -72,7 +77,7 @@ class DapsEstimator(Estimator):
     def forward(self, model: DiscreteVAE, x: Tensor, step: int) -> EstimatorOutput:
         B, K = x.shape[0], self.cfg.num_samples
         memory = model.memory(x)  # (B, T, H), shared by the K samples of each input (never copied K times)
-        tokens = model.posterior.sample(memory.detach(), num_samples=K)  # (B*K, T), no gradient
+        tokens = self.sample_codes(model, memory.detach())  # (B*K, T), no gradient
         log_q = model.posterior.log_prob(memory, tokens).view(B, K)  # (B, K)
         mean, var = model.decoder(tokens)  # (B*K, L, F), (F,)
         rewards = gaussian_log_prob(x.repeat_interleave(K, dim=0), mean, var).view(B, K)  # (B, K)
@@ -93,6 +98,15 @@ class DapsEstimator(Estimator):
             "charts/beta": torch.tensor(beta),
         }
         return EstimatorOutput(out.encoder + out.decoder + out.eta, metrics)
+
+    def sample_codes(self, model: DiscreteVAE, memory: Tensor) -> Tensor:
+        """K codes per input from the posterior: (B, T, H) -> (B*K, T), as one CUDA graph when configured."""
+        K = self.cfg.num_samples
+        if not (self.cfg.cuda_graph and memory.is_cuda):
+            return model.posterior.sample(memory, num_samples=K)
+        if self._graphed is None or self._graphed.posterior is not model.posterior:
+            self._graphed = CudaGraphSampler(model.posterior, K)
+        return self._graphed(memory)
 
 
 ESTIMATORS = {"daps": (DapsEstimator, DapsConfig)}

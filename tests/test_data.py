@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +13,16 @@ import pytest
 import torch
 
 from motiontok import features as feat
-from motiontok.data import MotionDataset, WindowSampler, fixed_windows, split_train_val, write_dataset
+from motiontok.data import (
+    MotionDataset,
+    WindowSampler,
+    dataset_layout,
+    fixed_windows,
+    split_train_val,
+    write_dataset,
+)
 from motiontok.errors import MotionDataError
+from motiontok.features import FEATURE_LAYOUT
 from motiontok.motion import MotionClip
 from motiontok.normalizer import RunningNormalizer
 from tests.conftest import synthetic_qpos, write_csv
@@ -87,6 +96,16 @@ def test_dataset_errors(tmp_path):
             tmp_path / "x.h5",
         )
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_dataset_of_an_older_feature_layout_is_refused(dataset_path, tmp_path):
+    old = tmp_path / "v1.h5"
+    shutil.copy(dataset_path, old)
+    with h5py.File(old, "a") as h5:
+        del h5.attrs["feature_layout"]  # files written before v2 carry no layout: they hold v1 features
+    assert dataset_layout(old) == "h1-relpose-127-v1" and dataset_layout(dataset_path) == FEATURE_LAYOUT
+    with pytest.raises(MotionDataError, match="rebuild it"):
+        MotionDataset.load(old)
 
 
 def test_prepare_script(tmp_path):

@@ -84,6 +84,38 @@ def test_cache_sampling_matches_no_cache():
     assert not torch.equal(a, c)  # the seed matters (tiny chance of a false alarm is negligible here)
 
 
+@pytest.mark.parametrize("memory_skip", [False, True])
+def test_static_shape_sampling_matches_the_cache(memory_skip):
+    """``static=True`` (every step attends over the whole zeroed buffer with a causal row mask: the loop a CUDA
+    graph captures) draws the same codes as the growing cache, greedy and sampled, several samples per input;
+    and its buffers are really full-length (a mask row that let the future in would change the codes)."""
+    cfg = dataclasses.replace(CFG, memory_skip=memory_skip)
+    enc, ar, _, _ = make(cfg)
+    memory = enc(data(cfg)[0])
+    assert torch.equal(ar.sample(memory, greedy=True, static=True), ar.sample(memory, greedy=True))
+    a = ar.sample(memory, generator=torch.Generator().manual_seed(3), num_samples=4, static=True)
+    b = ar.sample(memory, generator=torch.Generator().manual_seed(3), num_samples=4)
+    assert torch.equal(a, b) and a.shape == (B * 4, cfg.block_size)
+    cache = ar.decoder.new_cache(memory, cfg.block_size, static=True)
+    assert cache.layers[0].self_attn.kv.shape[3] == cfg.block_size and not cache.layers[0].self_attn.kv.any()
+    assert torch.equal(cache.causal, torch.ones(cfg.block_size, cfg.block_size, dtype=torch.bool).tril())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_graph_sampler_draws_from_the_posterior():  # pragma: no cover - exercised on GPU machines
+    from motiontok.nets.graphs import CudaGraphSampler
+
+    enc, ar, _, _ = make()
+    enc, ar = enc.cuda(), ar.cuda()
+    memory = enc(data()[0].cuda())
+    sampler = CudaGraphSampler(ar, num_samples=2)
+    a, b = sampler(memory), sampler(memory)
+    assert a.shape == (B * 2, CFG.block_size) and not torch.equal(a, b)  # fresh noise on each replay
+    with torch.no_grad():
+        ar.head.bias.add_(torch.nn.functional.one_hot(torch.tensor(3), CFG.vocab_size).cuda() * 1e4)
+    assert torch.equal(sampler(memory), torch.full_like(a, 3))  # in-place weight updates reach the graph
+
+
 def test_ar_causality():
     """Teacher-forced logits at position t are unchanged when tokens at positions >= t change."""
     enc, ar, _, _ = make()

@@ -126,6 +126,10 @@ def test_checkpoint_errors(tok, tmp_path):
     (path / "config.json").write_text(json.dumps(cfg | {"format_version": 99}))
     with pytest.raises(CheckpointError, match="format version 99"):
         MotionTokenizer.load(path)
+    # A tokenizer trained on the v1 features (pelvis x-axis heading).
+    (path / "config.json").write_text(json.dumps(cfg | {"feature_layout": "h1-relpose-127-v1"}))
+    with pytest.raises(CheckpointError, match="feature layout 'h1-relpose-127-v1'"):
+        MotionTokenizer.load(path)
     # Weights that do not fit the recorded config.
     (path / "config.json").write_text(json.dumps(cfg | {"net": cfg["net"] | {"embed_dim": 32}}))
     with pytest.raises(CheckpointError, match="do not match"):

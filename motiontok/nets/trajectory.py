@@ -226,9 +226,11 @@ class Posterior(nn.Module):
         generator: torch.Generator | None = None,
         use_cache: bool = True,
         num_samples: int = 1,
+        static: bool = False,
     ) -> Tensor:
         """Draw z ~ q(. | x) (or its greedy mode): memory (B, T, H) -> tokens (B * num_samples, T) long, the
-        ``num_samples`` draws of input b in rows b * num_samples .. (b + 1) * num_samples - 1."""
+        ``num_samples`` draws of input b in rows b * num_samples .. (b + 1) * num_samples - 1. ``static``: no
+        shape may change between decoding steps (for CUDA-graph capture)."""
         raise NotImplementedError
 
     def forward(self, memory: Tensor, tokens: Tensor) -> Tensor:
@@ -296,8 +298,10 @@ class ARPosterior(Posterior):
         generator: torch.Generator | None = None,
         use_cache: bool = True,
         num_samples: int = 1,
+        static: bool = False,
     ) -> Tensor:
-        """T decoding steps. ``use_cache=False`` re-runs the whole prefix each step (slow reference)."""
+        """T decoding steps. ``use_cache=False`` re-runs the whole prefix each step (slow reference); ``static``
+        keeps every shape fixed across steps (the same codes, up to float rounding: what a CUDA graph captures)."""
         B, T = memory.shape[0] * num_samples, self.block_size
         tokens = torch.empty(B, T, dtype=torch.long, device=memory.device)  # (B, T)
         if not use_cache:
@@ -306,7 +310,7 @@ class ARPosterior(Posterior):
                 logits = self.logits(memory, tokens[:, : t + 1])[:, -1]  # (B, V); z_t itself is unused
                 tokens[:, t] = sample_categorical(logits, greedy, temperature, generator)
             return tokens
-        cache = self.decoder.new_cache(memory, T, B)  # cross-attention keys/values computed once here
+        cache = self.decoder.new_cache(memory, T, B, static)  # cross-attention keys/values computed once here
         tok_table, pos_table = self.tok_emb.weight, self.pos_emb  # (V+1, H), (T, H)
         head_w, head_b = self.head.weight, self.head.bias
         tok = torch.full((B,), self.bos, dtype=torch.long, device=memory.device)  # (B,)
@@ -343,8 +347,9 @@ class NAPosterior(Posterior):
         generator: torch.Generator | None = None,
         use_cache: bool = True,
         num_samples: int = 1,
+        static: bool = False,
     ) -> Tensor:
-        logits = self.head(memory).repeat_interleave(num_samples, dim=0)  # (B * S, T, V)
+        logits = self.head(memory).repeat_interleave(num_samples, dim=0)  # (B * S, T, V); static by nature
         return sample_categorical(logits, greedy, temperature, generator)  # (B * S, T)
 
 

@@ -61,6 +61,10 @@ class DecoderCache:
 
     layers: list[LayerCache]
     weights: list[_BlockWeights] = field(default_factory=list, repr=False)
+    causal: Tensor | None = None
+    """(T_max, T_max) bool, row t true at key positions <= t: set for static-shape decoding (``static=True``),
+    whose every step attends over the whole zero-initialised buffer with row t as its mask (no shape depends on
+    t, so a CUDA graph can capture the whole decoding loop)."""
 
     @property
     def length(self) -> int:
@@ -249,9 +253,12 @@ class TransformerDecoder(nn.Module):
             x = block(x, memory)
         return self.ln_f(x)
 
-    def new_cache(self, memory: Tensor, max_len: int, batch_size: int | None = None) -> DecoderCache:
+    def new_cache(
+        self, memory: Tensor, max_len: int, batch_size: int | None = None, static: bool = False
+    ) -> DecoderCache:
         """Cache for decoding up to ``max_len`` positions against ``memory`` (Bc, Tk, C), for ``batch_size``
-        sequences (default Bc; a multiple of Bc decodes that many sequences per memory row).
+        sequences (default Bc; a multiple of Bc decodes that many sequences per memory row). ``static``: the
+        steps keep every shape fixed (see :attr:`DecoderCache.causal`).
 
         Self-attention buffers are allocated on the memory's device/dtype; the cross-attention
         keys/values of the memory are computed here, once (so make the cache under the grad mode
@@ -262,12 +269,13 @@ class TransformerDecoder(nn.Module):
         shape = (2, B, self.num_heads, max_len, C // self.num_heads)
         layers = [
             LayerCache(
-                KVCache(memory.new_empty(shape)),
+                KVCache(memory.new_zeros(shape) if static else memory.new_empty(shape)),
                 KVCache(block.cross_attn.context_kv(memory).contiguous(), memory.shape[1]),
             )
             for block in self.blocks
         ]
-        return DecoderCache(layers, [_gather_weights(block) for block in self.blocks])
+        causal = torch.ones(max_len, max_len, dtype=torch.bool, device=memory.device).tril() if static else None
+        return DecoderCache(layers, [_gather_weights(block) for block in self.blocks], causal)
 
     def step(self, x: Tensor, memory: Tensor, cache: DecoderCache) -> Tensor:
         """Decode the next Tq positions (usually 1): x (B, Tq, C) -> (B, Tq, C), appended to ``cache``."""
@@ -290,8 +298,12 @@ class TransformerDecoder(nn.Module):
             qkv = qkv.view(B, 3, nh, 1, hd).transpose(0, 1)  # (3, B, nh, 1, hd); Tq = 1: views only
             sc.kv.narrow(3, t, 1).copy_(qkv[1:])  # append keys/values at position t
             sc.length = t + 1
-            k, v = sc.kv.narrow(3, 0, t + 1).unbind(0)  # (B, nh, t+1, hd)
-            y = F.scaled_dot_product_attention(qkv[0], k, v)  # (B, nh, 1, hd)
+            if cache.causal is None:
+                k, v = sc.kv.narrow(3, 0, t + 1).unbind(0)  # (B, nh, t+1, hd)
+                y = F.scaled_dot_product_attention(qkv[0], k, v)  # (B, nh, 1, hd)
+            else:  # static shapes: all T_max positions, the ones after t masked out
+                k, v = sc.kv.unbind(0)  # (B, nh, T_max, hd)
+                y = F.scaled_dot_product_attention(qkv[0], k, v, attn_mask=cache.causal[t : t + 1])  # (B, nh, 1, hd)
             x = x + F.linear(y.reshape(B, 1, C), *w.self_proj)  # (B, 1, C)
             q = F.linear(F.layer_norm(x, *w.ln_2), *w.cross_q).view(B, nh, 1, hd)
             k, v = layer_cache.cross_attn.kv.unbind(0)  # (Bc, nh, Tk, hd)
