@@ -1,6 +1,6 @@
 """Train the DAPS motion tokenizer (hydra config: configs/train_tokenizer.yaml).
 
-    python scripts/train_tokenizer.py                                 # CPU default (~1 h on 2 cores)
+    python scripts/train_tokenizer.py                                 # CPU default (~1.5 h on 2 cores)
     python scripts/train_tokenizer.py preset=paper out_dir=runs/paper # paper budget, for a GPU
     torchrun --nproc_per_node 2 scripts/train_tokenizer.py ...        # DistributedDataParallel
     python scripts/train_tokenizer.py --cfg job                       # print the resolved config
