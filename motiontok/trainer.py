@@ -90,9 +90,10 @@ class TrainConfig:
     progress: bool = True
     """Show a progress bar (rank 0)."""
     init_from: str = ""
-    """Start from the weights of another run (its out_dir, or one checkpoint directory under its checkpoints/) with
-    a fresh optimizer and schedules: a second stage of training (change ``seed`` for a new data order). Once this
-    run has a checkpoint of its own it resumes from that; the source's record (command, steps, time) is kept under
+    """Start from the weights of another run (its out_dir, one checkpoint directory under its checkpoints/, or a
+    tokenizer directory such as its final/ or the shipped assets/checkpoints/tokenizer_h1) with a fresh optimizer
+    and schedules: a second stage of training (change ``seed`` for a new data order). Once this run has a
+    checkpoint of its own it resumes from that; the source's record (command, steps, time) is kept under
     ``init_from`` in this run's config, so the source must stay readable until the run ends."""
 
 
@@ -427,9 +428,15 @@ def _save(
         shutil.rmtree(p, ignore_errors=True)
 
 
-def _load_objective(objective: Objective, tensors: dict[str, Tensor]) -> None:
-    """The model and estimator weights of a checkpoint's tensors (``model.*``, ``estimator.*``, as saved)."""
-    objective.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("normalizer.")})
+def _load_objective(objective: Objective, tensors: dict[str, Tensor], estimator_optional: bool = False) -> None:
+    """The model and estimator weights of a checkpoint's tensors (``model.*``, ``estimator.*``, as saved).
+    ``estimator_optional``: a tokenizer directory (``final/``, a shipped tokenizer) has no estimator state; the
+    estimator then keeps its initial values."""
+    state = {k: v for k, v in tensors.items() if not k.startswith("normalizer.")}
+    missing, unexpected = objective.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not (estimator_optional and k.startswith("estimator."))]
+    if missing or unexpected:
+        raise RuntimeError(f"missing keys {missing}, unexpected keys {unexpected}")
 
 
 def _init_from(path: Path, objective: Objective, load: bool) -> dict[str, Any]:
@@ -440,7 +447,7 @@ def _init_from(path: Path, objective: Objective, load: bool) -> dict[str, Any]:
     tensors, config, _ = load_checkpoint(path, map_location="cpu")
     if load:
         try:
-            _load_objective(objective, tensors)
+            _load_objective(objective, tensors, estimator_optional=True)
         except RuntimeError as err:
             raise CheckpointError(f"{path}: cannot start this run from its weights ({err})") from None
     keys = ("command", "step", "train_seconds", "machine", "init_from")

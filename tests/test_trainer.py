@@ -90,6 +90,10 @@ def test_init_from_starts_a_second_stage_from_another_runs_weights(dataset, tmp_
         train(dataset, other, DapsEstimator(DapsConfig(num_samples=4)), cfg, tmp_path / "third", VAL)
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         _run(dataset, tmp_path / "fourth", 1, init_from=str(tmp_path / "missing"))
+    final = strip_prefix(_weights(tmp_path / "first" / "final"), "model.")  # a tokenizer dir: no estimator state
+    _, model = _run(dataset, tmp_path / "fifth", 1, lr=0.0, init_from=str(tmp_path / "first" / "final"))
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, final[k], rtol=0, atol=0, msg=k)
 
 
 def test_final_tokenizer_and_records(dataset, tmp_path):
