@@ -22,3 +22,5 @@ run r05_refopt $COMMON $V1_INIT $REF_OPT $V1_SCHED $WORK
 run r06_refsched $COMMON $V1_INIT $V1_OPT $REF_SCHED $WORK
 run r07_ref_work $COMMON $REF_INIT $REF_OPT $REF_SCHED $WORK
 run r08_ref_nowork $COMMON $REF_INIT $REF_OPT $REF_SCHED $NOWORK
+run r09_sinusoidal $COMMON tokenizer.net.init=gpt tokenizer.net.pos_emb=sinusoidal $V1_OPT $V1_SCHED $WORK
+run r10_learned_var $COMMON $V1_INIT $V1_OPT $V1_SCHED $WORK tokenizer.net.variance=learned
