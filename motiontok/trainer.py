@@ -1,8 +1,9 @@
 """Tokenizer training loop: one process, or several under ``torchrun`` with DistributedDataParallel.
 
-Checkpoints (``out_dir/checkpoints/step_XXXXXXX/``, pointer file ``latest``) hold the weights, normalizer and
-estimator state in safetensors, the config in JSON, and the optimizer, step and RNG states; a run started again
-with the same ``out_dir`` resumes from ``latest`` and draws exactly the batches and samples it would have drawn.
+Checkpoints (``motiontok.run_state``: ``out_dir/checkpoints/step_XXXXXXX/``, pointer file ``latest``) hold the
+weights, normalizer and estimator state in safetensors, the config in JSON, and the optimizer, step and every
+rank's RNG states; a run started again with the same ``out_dir`` resumes from ``latest`` and draws exactly the
+batches and samples it would have drawn.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import dataclasses
 import math
 import os
 import platform
-import shutil
 import signal
 import time
 from collections.abc import Sequence
@@ -24,14 +24,13 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from motiontok.checkpoint import load_checkpoint, save_checkpoint, strip_prefix, write_text_atomic
 from motiontok.data import WindowSampler, fixed_windows, split_train_val
-from motiontok.errors import CheckpointError
 from motiontok.estimators import Estimator
 from motiontok.evaluation import evaluate_tokenizer
 from motiontok.models import DiscreteVAE
 from motiontok.normalizer import RunningNormalizer
-from motiontok.tokenizer import MotionTokenizer, tokenizer_config
+from motiontok.run_state import check_replicas, init_from, resume, rng_states, save_state
+from motiontok.tokenizer import MotionTokenizer
 
 
 @dataclass
@@ -272,10 +271,10 @@ def train(
     optimizer = make_optimizer(objective, cfg)
     step, elapsed = 0, 0.0
     resuming = (ckpt_root / "latest").is_file()
-    init_record = _init_from(Path(cfg.init_from), objective, load=not resuming) if cfg.init_from else None
+    init_record = init_from(Path(cfg.init_from), objective, load=not resuming) if cfg.init_from else None
     if resuming:
         latest = ckpt_root / (ckpt_root / "latest").read_text().strip()
-        step, elapsed = _resume(latest, objective, optimizer, sampler, normalizer, rank, device)
+        step, elapsed = resume(latest, objective, optimizer, sampler, normalizer, rank, device)
     if distributed:
         for p in objective.parameters():  # identical start on every rank (rank 0's weights)
             dist.broadcast(p.data, src=0)
@@ -297,11 +296,12 @@ def train(
     t_start = time.monotonic()
 
     def checkpoint() -> None:
-        rng = _rng_states(sampler, distributed, world)  # every rank's streams (a collective call)
-        _check_replicas(objective, distributed, world)
+        rng = rng_states(sampler, distributed, world)  # every rank's streams (a collective call)
+        check_replicas(objective, distributed, world)
         if main:
             seconds = elapsed + time.monotonic() - t_start
-            _save(ckpt_root, step, objective, optimizer, rng, normalizer, train_set.fps, records, cfg, seconds)
+            fps, keep = train_set.fps, cfg.keep_checkpoints
+            save_state(ckpt_root, step, objective, optimizer, rng, normalizer, fps, records, keep, seconds)
         if distributed:
             dist.barrier()
 
@@ -371,114 +371,3 @@ def _log(writer: Any, bar: Any, metrics: dict[str, Tensor], optimizer: torch.opt
     if bar is not None:
         shown = {k.split("/")[-1]: f"{values[k]:.4g}" for k in PROGRESS_KEYS if k in values}
         bar.set_postfix(shown, refresh=False)
-
-
-def _rng_states(sampler: WindowSampler, distributed: bool, world: int) -> list[dict[str, Tensor | None]]:
-    """The random streams of every rank (batch sampler, torch CPU and CUDA), rank order; collective if distributed.
-    Saved with a checkpoint so that a resumed run, on any number of ranks it had, draws what it would have drawn."""
-    mine = {
-        "sampler": sampler.generator.get_state(),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
-    }
-    if not distributed:
-        return [mine]
-    gathered: list[Any] = [None] * world
-    dist.all_gather_object(gathered, mine)
-    return gathered
-
-
-def _check_replicas(objective: Objective, distributed: bool, world: int) -> None:
-    """Raise if the DDP replicas' weights differ (they must stay bit-identical: same start, averaged gradients)."""
-    if not distributed:
-        return
-    fingerprint = torch.stack([p.detach().double().sum() for p in objective.parameters()]).cpu()  # (P,)
-    gathered: list[Any] = [None] * world
-    dist.all_gather_object(gathered, fingerprint)
-    if any(not torch.equal(g, gathered[0]) for g in gathered):
-        raise RuntimeError("DistributedDataParallel replicas diverged: their weights differ")
-
-
-def _save(
-    root: Path,
-    step: int,
-    objective: Objective,
-    optimizer: torch.optim.Optimizer,
-    rng: list[dict[str, Tensor | None]],
-    normalizer: RunningNormalizer,
-    fps: float,
-    records: dict[str, Any],
-    cfg: TrainConfig,
-    seconds: float,
-) -> None:
-    tensors = dict(objective.state_dict())  # model.* and estimator.*
-    tensors |= {f"normalizer.{k}": v for k, v in normalizer.state_dict().items()}
-    state = {
-        "step": step,
-        "elapsed_s": seconds,
-        "optimizer": optimizer.state_dict(),
-        "rng": rng,  # one entry per rank
-    }
-    name = f"step_{step:07d}"
-    config = tokenizer_config(objective.model, fps, **records, step=step, train_seconds=round(seconds, 1))
-    save_checkpoint(root / name, tensors, config, state)
-    write_text_atomic(root / "latest", name + "\n")
-    old = sorted(p for p in root.glob("step_*") if p.is_dir() and p.name != name)
-    for p in old[: max(0, len(old) - (cfg.keep_checkpoints - 1))]:
-        shutil.rmtree(p, ignore_errors=True)
-
-
-def _load_objective(objective: Objective, tensors: dict[str, Tensor], estimator_optional: bool = False) -> None:
-    """The model and estimator weights of a checkpoint's tensors (``model.*``, ``estimator.*``, as saved).
-    ``estimator_optional``: a tokenizer directory (``final/``, a shipped tokenizer) has no estimator state; the
-    estimator then keeps its initial values."""
-    state = {k: v for k, v in tensors.items() if not k.startswith("normalizer.")}
-    missing, unexpected = objective.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not (estimator_optional and k.startswith("estimator."))]
-    if missing or unexpected:
-        raise RuntimeError(f"missing keys {missing}, unexpected keys {unexpected}")
-
-
-def _init_from(path: Path, objective: Objective, load: bool) -> dict[str, Any]:
-    """``train.init_from``: the checkpoint ``path`` names (a run's out_dir -> its latest checkpoint), its weights
-    loaded into ``objective`` when ``load``; returns its record (command, steps, time, machine, its own source)."""
-    if (path / "checkpoints" / "latest").is_file():
-        path = path / "checkpoints" / (path / "checkpoints" / "latest").read_text().strip()
-    tensors, config, _ = load_checkpoint(path, map_location="cpu")
-    if load:
-        try:
-            _load_objective(objective, tensors, estimator_optional=True)
-        except RuntimeError as err:
-            raise CheckpointError(f"{path}: cannot start this run from its weights ({err})") from None
-    keys = ("command", "step", "train_seconds", "machine", "init_from")
-    return {"path": str(path)} | {k: config[k] for k in keys if k in config}
-
-
-def _resume(
-    path: Path,
-    objective: Objective,
-    optimizer: torch.optim.Optimizer,
-    sampler: WindowSampler,
-    normalizer: RunningNormalizer,
-    rank: int,
-    device: torch.device,
-) -> tuple[int, float]:
-    """Restore a run from ``path``; returns (step, seconds trained so far)."""
-    tensors, _, state = load_checkpoint(path, map_location="cpu", trainer_state=True)
-    try:
-        _load_objective(objective, tensors)
-        normalizer.load_state_dict(strip_prefix(tensors, "normalizer."))
-        optimizer.load_state_dict(state["optimizer"])
-    except (RuntimeError, KeyError, ValueError) as err:
-        raise CheckpointError(f"{path}: cannot resume this run from it ({err})") from None
-    rng = state.get("rng", [])
-    if rank < len(rng):  # this rank's own streams: the resumed run draws what the uninterrupted one would have
-        sampler.generator.set_state(rng[rank]["sampler"])
-        torch.set_rng_state(rng[rank]["torch"])
-        if rng[rank]["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state(rng[rank]["cuda"])
-    else:  # a rank the saved run did not have: streams derived from the step (reproducible, not identical)
-        sampler.generator.manual_seed(int(state["step"]) * 7919 + rank)
-        torch.manual_seed(int(state["step"]) * 7919 + rank)
-    objective.to(device)
-    return int(state["step"]), float(state.get("elapsed_s", 0.0))

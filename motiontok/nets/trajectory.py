@@ -370,8 +370,8 @@ class TrajectoryDecoder(nn.Module):
         self.resample = _resample(cfg.embed_dim, cfg.embed_dim, cfg.block_size, cfg.length)
         self.out = nn.Linear(cfg.embed_dim, cfg.feature_dim)
         init_weights(self, cfg.init)
-        u0 = math.log((cfg.variance_value - VAR_MIN) / (VAR_MAX - cfg.variance_value + 1e-12) + 1e-12)
         if cfg.variance == "learned":  # var = VAR_MIN + (VAR_MAX - VAR_MIN) sigmoid(u): never a flat clamp
+            u0 = math.log((cfg.variance_value - VAR_MIN) / (VAR_MAX - cfg.variance_value + 1e-12) + 1e-12)
             self.var_logit = nn.Parameter(torch.full((cfg.feature_dim,), u0))
         else:
             self.register_buffer("const_var", torch.full((cfg.feature_dim,), cfg.variance_value), persistent=False)
