@@ -60,3 +60,12 @@ def real_data_dir() -> Path:
     if not path.is_dir():
         pytest.fail(f"{DATA_ENV}={value} is not a directory")
     return path
+
+
+@pytest.fixture(scope="session")
+def reference_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Point the tracking references' on-disk cache (``MOTIONTOK_CACHE``) at a temporary folder for the session."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MOTIONTOK_CACHE", str(tmp_path_factory.mktemp("reference-cache")))
+    yield
+    mp.undo()

@@ -1,0 +1,120 @@
+"""The token-conditioned low-level policy (paper appendix I) as a stable-baselines3 actor-critic.
+
+Actor: token indices -> embedding -> two 1D convolutions over the 64 token positions (kernel = stride = 4,
+:class:`PatchConv1d`) -> linear ->
+concatenated with proprioception -> MLP (ELU) -> 19 action means. The paper's sizes (MLP [2048, 1024, 512]) are
+the ``paper`` preset; the CPU default is smaller. Critic: an MLP over proprioception and the privileged
+reference state (``envs.observations``); the actor never reads that block. The tokenizer is not part of the
+policy: observations carry token indices, computed by the environment with the frozen tokenizer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import torch
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from torch import Tensor, nn
+
+Layout = dict[str, Any]  # ObsLayout.as_dict(): block name -> (start, stop) or None
+
+
+def _cols(obs: Tensor, span: tuple[int, int]) -> Tensor:
+    return obs[:, span[0] : span[1]]
+
+
+class PatchConv1d(nn.Module):
+    """1D convolution whose stride equals its kernel, on channels-last input: (B, L, C_in) -> (B, L / k, C_out).
+
+    The same map as ``nn.Conv1d(C_in, C_out, k, stride=k)`` (tested against it), computed as one linear layer
+    over the non-overlapping windows: about 3x faster than PyTorch's CPU convolution in forward + backward
+    (measured at batch 2048, one thread), which dominates PPO updates on CPU otherwise."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int):
+        super().__init__()
+        self.kernel = kernel
+        self.linear = nn.Linear(kernel * in_channels, out_channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, length, c = x.shape
+        if length % self.kernel:
+            raise ValueError(f"sequence length {length} is not a multiple of the kernel {self.kernel}")
+        return self.linear(x.reshape(b, length // self.kernel, self.kernel * c))  # (B, L/k, C_out)
+
+
+class TokenFeatures(BaseFeaturesExtractor):
+    """Actor features: embedded, convolved tokens (+ the next window's) and proprioception."""
+
+    def __init__(
+        self,
+        observation_space: gym.spaces.Box,
+        layout: Layout,
+        vocab_size: int = 1024,
+        embed_dim: int = 32,
+        conv_channels: int = 64,
+        token_features: int = 256,
+    ):
+        proprio = layout["proprio"][1] - layout["proprio"][0]
+        super().__init__(observation_space, token_features + proprio)
+        self.layout, self.vocab_size = layout, vocab_size
+        blocks = 2 if layout.get("next_tokens") else 1
+        num_tokens = layout["tokens"][1] - layout["tokens"][0]
+        self.embed = nn.Embedding(vocab_size, embed_dim)
+        self.conv = nn.Sequential(
+            PatchConv1d(blocks * embed_dim, conv_channels, 4),
+            nn.ELU(),
+            PatchConv1d(conv_channels, conv_channels, 4),
+            nn.ELU(),
+        )
+        self.proj = nn.Sequential(nn.Linear(conv_channels * (num_tokens // 16), token_features), nn.ELU())
+
+    def token_ids(self, obs: Tensor) -> Tensor:
+        """(B, blocks * 64) long token indices from the observation; out-of-range values are an error."""
+        spans = [self.layout["tokens"]] + ([self.layout["next_tokens"]] if self.layout.get("next_tokens") else [])
+        raw = torch.cat([_cols(obs, tuple(s)) for s in spans], dim=1)
+        ids = raw.round().long()
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
+            raise ValueError(
+                f"token indices must lie in [0, {self.vocab_size}), got [{int(ids.min())}, {int(ids.max())}]"
+            )
+        return ids
+
+    def forward(self, obs: Tensor) -> Tensor:
+        ids = self.token_ids(obs)  # (B, blocks * 64)
+        b, n = ids.shape[0], self.layout["tokens"][1] - self.layout["tokens"][0]
+        emb = self.embed(ids).view(b, -1, n, self.embed.embedding_dim)  # (B, blocks, 64, E)
+        emb = emb.permute(0, 2, 1, 3).reshape(b, n, -1)  # (B, 64, blocks * E): both windows' token at a position
+        tokens = self.proj(self.conv(emb).flatten(1))  # (B, 4 * C) -> (B, token_features)
+        return torch.cat([tokens, _cols(obs, tuple(self.layout["proprio"]))], dim=1)
+
+
+class CriticFeatures(BaseFeaturesExtractor):
+    """Critic features: proprioception and the privileged reference state, projected to ``features_dim``."""
+
+    def __init__(self, observation_space: gym.spaces.Box, layout: Layout, features_dim: int):
+        super().__init__(observation_space, features_dim)
+        self.layout = layout
+        width = (layout["proprio"][1] - layout["proprio"][0]) + (layout["privileged"][1] - layout["privileged"][0])
+        self.net = nn.Sequential(nn.Linear(width, features_dim), nn.ELU())
+
+    def forward(self, obs: Tensor) -> Tensor:
+        x = torch.cat([_cols(obs, tuple(self.layout["proprio"])), _cols(obs, tuple(self.layout["privileged"]))], 1)
+        return self.net(x)
+
+
+class TokenActorCriticPolicy(ActorCriticPolicy):
+    """SB3 actor-critic with :class:`TokenFeatures` for the actor and :class:`CriticFeatures` for the critic.
+    Pass ``features_extractor_kwargs=dict(layout=..., vocab_size=...)``."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs["features_extractor_class"] = TokenFeatures
+        kwargs["share_features_extractor"] = False
+        kwargs.setdefault("activation_fn", nn.ELU)
+        super().__init__(*args, **kwargs)
+
+    def _build(self, lr_schedule: Any) -> None:
+        layout = self.features_extractor_kwargs["layout"]
+        self.vf_features_extractor = CriticFeatures(self.observation_space, layout, self.features_dim)
+        super()._build(lr_schedule)

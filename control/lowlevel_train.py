@@ -1,0 +1,189 @@
+"""Training loop of the low-level policy: PPO over :class:`envs.vec_env.H1TrackingVecEnv`, with a progress bar,
+TensorBoard (reward terms, episode length, falls, tracking error, steps/s), atomic periodic checkpoints at rollout
+boundaries (where a resumed run continues exactly), SIGINT/SIGTERM and a wall-clock limit that stop at the next
+boundary after saving.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from stable_baselines3.common.callbacks import BaseCallback
+
+from control.lowlevel import PolicyConfig, PPOConfig, make_ppo, read_policy_config, restore, save_policy
+from envs.vec_env import H1TrackingVecEnv
+
+
+@dataclass
+class RunConfig:
+    total_steps: int = 2_000_000
+    num_envs: int = 64
+    seed: int = 0
+    torch_threads: int = 0  # 0 = torch's default
+    ckpt_every: int = 100_000  # environment steps
+    max_minutes: float = 0.0  # stop (after a checkpoint) past this wall-clock time; 0 = no limit
+    progress: bool = True
+    device: str = "cpu"
+
+
+class TrainingCallback(BaseCallback):
+    """Logging, checkpoints and graceful stops (see the module docstring)."""
+
+    def __init__(self, env: H1TrackingVecEnv, out_dir: Path, run: RunConfig, config: dict[str, Any]):
+        super().__init__()
+        self.env, self.out_dir, self.run, self.config = env, out_dir, run, config
+        self.start = time.monotonic()
+        self.last_ckpt = 0
+        self.stop_requested = False  # set by a signal or the time limit
+        self.stopped = False  # a checkpoint was written for the stop: end learn() now
+        self.bar = None
+        self._reset_stats()
+
+    def _reset_stats(self) -> None:
+        self.terms: dict[str, float] = {}
+        self.steps = 0
+        self.key_dist = 0.0
+        self.ended = self.fell = self.unstable = 0
+        self.ep_len_sum = 0
+        self.t_rollout = time.monotonic()
+
+    def _on_training_start(self) -> None:
+        self.last_ckpt = self.num_timesteps
+        if self.run.progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=self.run.total_steps,
+                initial=self.num_timesteps,
+                unit="step",
+                desc="ppo",
+                dynamic_ncols=True,
+                smoothing=0.05,
+            )
+
+    def _on_rollout_start(self) -> None:
+        over_time = self.run.max_minutes > 0 and time.monotonic() - self.start > 60 * self.run.max_minutes
+        self.stop_requested |= over_time
+        if self.num_timesteps - self.last_ckpt >= self.run.ckpt_every or self.stop_requested:
+            self.save()
+        self.stopped = self.stop_requested
+        self._reset_stats()
+
+    def _on_step(self) -> bool:
+        n = self.env.num_envs
+        for k, v in self.env.last_terms.items():
+            self.terms[k] = self.terms.get(k, 0.0) + float(v.sum())
+        self.key_dist += float(self.env.sim.last_errors.key_dist.sum())
+        self.steps += n
+        for info in self.locals["infos"]:
+            ep = info.get("episode")
+            if ep is not None:
+                self.ended += 1
+                self.fell += ep["fell"]
+                self.ep_len_sum += ep["l"]
+                self.unstable += info.get("unstable", False)
+        if self.bar is not None:
+            self.bar.update(n)
+        return not self.stopped
+
+    def _on_rollout_end(self) -> None:
+        log = self.logger.record
+        for k, v in self.terms.items():
+            log(f"reward/{k}", v / max(self.steps, 1))
+        log("track/key_point_error_mm", 1000.0 * self.key_dist / max(self.steps, 1))
+        if self.ended:
+            log("episode/length_s", self.ep_len_sum / self.ended / self.env.sim.cfg.control_hz)
+            log("episode/fell_rate", self.fell / self.ended)
+            log("episode/unstable", self.unstable)
+        log("time/env_steps_per_s", self.steps / max(time.monotonic() - self.t_rollout, 1e-9))
+        if self.bar is not None and self.ended:
+            self.bar.set_postfix(
+                ep_s=f"{self.ep_len_sum / self.ended / 100:.2f}",
+                fell=f"{self.fell / self.ended:.2f}",
+                err_mm=f"{1000 * self.key_dist / max(self.steps, 1):.0f}",
+            )
+
+    def _on_training_end(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def save(self) -> None:
+        save_policy(self.out_dir / "checkpoints" / "latest", self.model, self.env, self.config)
+        self.last_ckpt = self.num_timesteps
+
+
+@contextlib.contextmanager
+def _stop_on_signals(callback: TrainingCallback):
+    """SIGINT/SIGTERM ask the callback to stop at the next rollout boundary; handlers restored on exit."""
+
+    def handler(signum, frame):
+        callback.stop_requested = True
+
+    old = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError):  # not in the main thread
+            old[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+def train_lowlevel(
+    env: H1TrackingVecEnv,
+    out_dir: str | Path,
+    run: RunConfig,
+    policy: PolicyConfig,
+    ppo: PPOConfig,
+    config: dict[str, Any],
+) -> dict[str, Any]:
+    """Train (or resume from ``out_dir/checkpoints/latest``) up to ``run.total_steps``; returns a summary and
+    writes ``out_dir/final`` (weights and config, no trainer state)."""
+    out_dir = Path(out_dir)
+    if run.torch_threads > 0:
+        torch.set_num_threads(run.torch_threads)
+    model = make_ppo(
+        env,
+        env.sim.layout,
+        env.sim.ref.vocab_size,
+        policy,
+        ppo,
+        run.seed,
+        run.device,
+        tensorboard_log=str(out_dir / "tb"),
+    )
+    latest = out_dir / "checkpoints" / "latest"
+    if latest.exists():
+        tensors, saved, state = read_policy_config(latest, trainer_state=True)
+        if saved.get("tokenizer_id") != env.sim.ref.tokenizer_id:
+            raise ValueError(f"{latest}: trained on another tokenizer's tokens; use a new out_dir")
+        restore(model, env, tensors, saved, state)
+        print(f"resuming from {latest} at {model.num_timesteps} environment steps")
+    callback = TrainingCallback(env, out_dir, run, config)
+    t0 = time.monotonic()
+    start_steps = model.num_timesteps
+    remaining = run.total_steps - model.num_timesteps
+    if remaining > 0:
+        with _stop_on_signals(callback):
+            model.learn(remaining, callback=callback, reset_num_timesteps=False, tb_log_name="ppo")
+        if not callback.stopped:  # learn() ended at a rollout boundary; a stop was saved at its boundary
+            callback.save()
+    wall = time.monotonic() - t0
+    summary = {
+        "num_timesteps": int(model.num_timesteps),
+        "wall_s": round(wall, 1),
+        "steps_per_s": round((model.num_timesteps - start_steps) / max(wall, 1e-9), 1),
+        "finished": model.num_timesteps >= run.total_steps,
+    }
+    if summary["finished"]:
+        save_policy(out_dir / "final", model, env, config, with_state=False)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
