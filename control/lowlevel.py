@@ -47,7 +47,7 @@ class PPOConfig:
     """stable-baselines3 PPO hyperparameters (rollout = n_steps x num_envs environment steps)."""
 
     n_steps: int = 32
-    batch_size: int = 2048
+    batch_size: int = 512
     n_epochs: int = 5
     learning_rate: float = 3e-4
     gamma: float = 0.99
@@ -57,6 +57,35 @@ class PPOConfig:
     vf_coef: float = 0.5
     max_grad_norm: float = 1.0
     target_kl: float | None = None
+    adaptive_kl: float | None = 0.01
+    """Keep each update's KL divergence near this by adapting the learning rate (rsl_rl's rule: /1.5 above twice
+    the target, x1.5 below half of it, within [1e-5, 1e-2]); None = constant ``learning_rate``."""
+
+
+class KLAdaptiveLR:
+    """A learning-rate "schedule" that :class:`TrackingPPO` adapts after every update from its measured KL."""
+
+    def __init__(self, lr: float, target_kl: float, low: float = 1e-5, high: float = 1e-2):
+        self.lr, self.target_kl, self.low, self.high = lr, target_kl, low, high
+
+    def __call__(self, progress_remaining: float) -> float:
+        return self.lr
+
+    def update(self, kl: float) -> None:
+        if kl > 2.0 * self.target_kl:
+            self.lr = max(self.low, self.lr / 1.5)
+        elif kl < 0.5 * self.target_kl:
+            self.lr = min(self.high, self.lr * 1.5)
+
+
+class TrackingPPO(PPO):
+    """stable-baselines3 PPO whose learning rate follows :class:`KLAdaptiveLR` when ``lr_schedule`` is one (the
+    measured mean approximate KL of each update sets the next update's rate)."""
+
+    def train(self) -> None:
+        super().train()
+        if isinstance(self.lr_schedule, KLAdaptiveLR):
+            self.lr_schedule.update(float(self.logger.name_to_value["train/approx_kl"]))
 
 
 def tracking_config(d: dict[str, Any]) -> TrackingConfig:
@@ -78,7 +107,9 @@ def make_ppo(
     tensorboard_log: str | None = None,
 ) -> PPO:
     """PPO with the token policy on ``env``."""
-    return PPO(
+    kwargs = dataclasses.asdict(ppo)
+    adaptive = kwargs.pop("adaptive_kl")
+    model = TrackingPPO(
         TokenActorCriticPolicy,
         env,
         policy_kwargs=policy_kwargs(layout, vocab_size, policy),
@@ -86,8 +117,11 @@ def make_ppo(
         device=device,
         verbose=0,
         tensorboard_log=tensorboard_log,
-        **dataclasses.asdict(ppo),
+        **kwargs,
     )
+    if adaptive is not None:
+        model.lr_schedule = KLAdaptiveLR(ppo.learning_rate, adaptive)
+    return model
 
 
 def policy_kwargs(layout: ObsLayout, vocab_size: int, policy: PolicyConfig) -> dict[str, Any]:
@@ -131,6 +165,7 @@ def save_policy(
             "episode_len": torch.from_numpy(env.episode_len.copy()),
             "last_episode_starts": torch.from_numpy(np.asarray(model._last_episode_starts, bool).copy()),
             "n_updates": int(model._n_updates),
+            "lr": float(model.lr_schedule(1.0)),
         }
     return save_checkpoint(path, tensors, cfg, state)
 
@@ -186,6 +221,8 @@ def restore(
     model._last_obs = env.sim.observe()
     model._last_episode_starts = state["last_episode_starts"].numpy()
     model._n_updates = int(state["n_updates"])
+    if isinstance(model.lr_schedule, KLAdaptiveLR):
+        model.lr_schedule.lr = float(state["lr"])
 
 
 def load_actor(path: str | Path, tokenizer_id: str, device: str = "cpu") -> tuple[TokenActorCriticPolicy, dict]:

@@ -50,7 +50,8 @@ class TrainingCallback(BaseCallback):
         self.terms: dict[str, float] = {}
         self.steps = 0
         self.key_dist = 0.0
-        self.ended = self.fell = self.unstable = 0
+        self.ended = self.fell = 0
+        self.reasons: dict[str, int] = {}
         self.ep_len_sum = 0
         self.t_rollout = time.monotonic()
 
@@ -82,13 +83,14 @@ class TrainingCallback(BaseCallback):
             self.terms[k] = self.terms.get(k, 0.0) + float(v.sum())
         self.key_dist += float(self.env.sim.last_errors.key_dist.sum())
         self.steps += n
+        for k, v in self.env.sim.last_reasons.items():
+            self.reasons[k] = self.reasons.get(k, 0) + int(v.sum())
         for info in self.locals["infos"]:
             ep = info.get("episode")
             if ep is not None:
                 self.ended += 1
                 self.fell += ep["fell"]
                 self.ep_len_sum += ep["l"]
-                self.unstable += info.get("unstable", False)
         if self.bar is not None:
             self.bar.update(n)
         return not self.stopped
@@ -101,7 +103,8 @@ class TrainingCallback(BaseCallback):
         if self.ended:
             log("episode/length_s", self.ep_len_sum / self.ended / self.env.sim.cfg.control_hz)
             log("episode/fell_rate", self.fell / self.ended)
-            log("episode/unstable", self.unstable)
+            for k, v in self.reasons.items():  # share of ended episodes that each rule ended (rules may coincide)
+                log(f"termination/{k}", v / self.ended)
         log("time/env_steps_per_s", self.steps / max(time.monotonic() - self.t_rollout, 1e-9))
         if self.bar is not None and self.ended:
             self.bar.set_postfix(

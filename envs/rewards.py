@@ -122,10 +122,15 @@ def reward_terms(err: Errors, action_change_sq: np.ndarray, cfg: RewardConfig) -
     return terms
 
 
+def termination_reasons(err: Errors, cfg: TerminationConfig) -> dict[str, np.ndarray]:
+    """(N,) bool per rule of BeyondMimic's fall test: pelvis height, tilt, end-effector height."""
+    return {
+        "root_height": err.root_height > cfg.root_height,
+        "tilt": err.tilt > cfg.tilt,
+        "end_effector_height": err.end_effector_height > cfg.end_effector_height,
+    }
+
+
 def should_terminate(err: Errors, cfg: TerminationConfig) -> np.ndarray:
-    """(N,) bool: the robot fell or left the reference (BeyondMimic's rule)."""
-    return (
-        (err.root_height > cfg.root_height)
-        | (err.tilt > cfg.tilt)
-        | (err.end_effector_height > cfg.end_effector_height)
-    )
+    """(N,) bool: the robot fell or left the reference (any of :func:`termination_reasons`)."""
+    return np.logical_or.reduce(list(termination_reasons(err, cfg).values()))

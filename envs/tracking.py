@@ -30,7 +30,7 @@ import numpy as np
 
 from envs.observations import ObsLayout, observe
 from envs.reference import ReferenceLibrary, local_key_points
-from envs.rewards import RewardConfig, TerminationConfig, reward_terms, should_terminate, tracking_errors
+from envs.rewards import RewardConfig, TerminationConfig, reward_terms, termination_reasons, tracking_errors
 from motiontok import robot
 
 ACTION_MODES = ("pd_offset", "pd", "torque")
@@ -224,7 +224,8 @@ class TrackingSim:
         err = tracking_errors(self.robot_state(), self.ref_state())
         terms = reward_terms(err, np.sum((action - self.prev_action) ** 2, -1), self.cfg.reward)
         self.prev_action[:] = action
-        terminated = should_terminate(err, self.cfg.termination) | self.unstable
+        self.last_reasons = {**termination_reasons(err, self.cfg.termination), "unstable": self.unstable.copy()}
+        terminated = np.logical_or.reduce(list(self.last_reasons.values()))
         truncated = ~terminated & ((self.ep_steps >= self.max_steps) | (self.idx >= self.clip_last[self.idx]))
         reward = np.where(self.unstable, 0.0, sum(terms.values()))
         terms = {k: np.where(self.unstable, 0.0, v) for k, v in terms.items()}

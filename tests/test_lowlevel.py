@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from control.lowlevel import PolicyConfig, PPOConfig, load_actor, make_ppo, save_policy
+from control.lowlevel import KLAdaptiveLR, PolicyConfig, PPOConfig, load_actor, make_ppo, save_policy
 from control.lowlevel_eval import run_episodes, spread_starts, summarize
 from control.lowlevel_policy import PatchConv1d
 from control.lowlevel_train import RunConfig, train_lowlevel
@@ -117,7 +117,7 @@ def test_ppo_learns_to_stand(stand: ReferenceLibrary) -> None:
         env.sim.layout,
         stand.vocab_size,
         PolicyConfig(net_arch=[64, 64], log_std_init=0.0),
-        PPOConfig(n_steps=32, batch_size=256, n_epochs=10, learning_rate=3e-3),
+        PPOConfig(n_steps=32, batch_size=256, n_epochs=10, learning_rate=3e-3, adaptive_kl=None),
         seed=0,
     )
 
@@ -134,6 +134,20 @@ def test_ppo_learns_to_stand(stand: ReferenceLibrary) -> None:
     after = mean_return()
     assert after > before + 20.0, (before, after)
     env.close()
+
+
+def test_kl_adaptive_learning_rate() -> None:
+    lr = KLAdaptiveLR(1e-3, target_kl=0.01, low=1e-4, high=2e-3)
+    lr.update(0.05)  # too large a step: slower
+    assert lr(1.0) == pytest.approx(1e-3 / 1.5)
+    lr.update(0.01)  # on target: unchanged
+    assert lr(0.5) == pytest.approx(1e-3 / 1.5)
+    for _ in range(10):
+        lr.update(0.001)  # too small: faster, up to the bound
+    assert lr(0.0) == 2e-3
+    for _ in range(30):
+        lr.update(1.0)
+    assert lr(0.0) == 1e-4
 
 
 def test_spread_starts_cover_each_clip(walk: ReferenceLibrary) -> None:
