@@ -48,6 +48,9 @@ class DapsConfig:
     stable in [1/4, 3/4])."""
     eta_init: float = 100.0
     """Initial trust-region multiplier eta (trained as log eta)."""
+    eta_auto: bool = False
+    """Replace ``eta_init`` on the first step of a run (step 0) by the eta at which that batch's ESS meets the
+    target (``daps.calibrate_log_eta``; averaged over DDP ranks). A resumed run keeps its trained eta."""
     baseline: str = "softmax"
     """Advantage baseline: 'softmax' (log-sum-exp over the K rewards) or 'mean'."""
     beta: BetaSchedule = field(default_factory=lambda: BetaSchedule("exp", 3.0, 0.01, 10_000))
@@ -82,6 +85,8 @@ class DapsEstimator(Estimator):
         mean, var = model.decoder(tokens)  # (B*K, L, F), (F,)
         rewards = gaussian_log_prob(x.repeat_interleave(K, dim=0), mean, var).view(B, K)  # (B, K)
         beta = self.beta(step)
+        if self.cfg.eta_auto and step == 0:
+            self.calibrate_eta(rewards.detach(), log_q.detach(), beta)
         out = daps.daps_loss(rewards, log_q, self.log_eta, beta, self.cfg.ess_target * K, self.cfg.baseline)
         T, V = model.cfg.block_size, model.cfg.vocab_size
         kl = daps.kl_to_uniform(log_q.detach(), T, V)  # (B,)
@@ -98,6 +103,17 @@ class DapsEstimator(Estimator):
             "charts/beta": torch.tensor(beta),
         }
         return EstimatorOutput(out.encoder + out.decoder + out.eta, metrics)
+
+    @torch.no_grad()
+    def calibrate_eta(self, rewards: Tensor, log_q: Tensor, beta: float) -> None:
+        """Set log eta so that this batch's ESS meets the target (the mean over DDP ranks, so replicas agree)."""
+        target = self.cfg.ess_target * self.cfg.num_samples
+        value = torch.tensor(daps.calibrate_log_eta(rewards, log_q, beta, target, self.cfg.baseline))
+        value = value.to(self.log_eta.device, self.log_eta.dtype)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(value)
+            value /= torch.distributed.get_world_size()
+        self.log_eta.fill_(value)
 
     def sample_codes(self, model: DiscreteVAE, memory: Tensor) -> Tensor:
         """K codes per input from the posterior: (B, T, H) -> (B*K, T), as one CUDA graph when configured."""

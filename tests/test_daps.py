@@ -305,3 +305,24 @@ def test_beta_schedule_constant_and_validation() -> None:
         BetaSchedule(warmup=-1)
     with pytest.raises(AttributeError):
         BetaSchedule().start = 1.0  # type: ignore[misc]
+
+
+def test_calibrated_eta_meets_the_ess_target_and_matches_a_grid_search() -> None:
+    from motiontok.daps import calibrate_log_eta
+
+    g = torch.Generator().manual_seed(3)
+    rewards = torch.randn(6, 8, generator=g, dtype=torch.float64) * 40.0  # (N, K) spread-out log-likelihoods
+    log_q = -torch.rand(6, 8, generator=g, dtype=torch.float64) * 300.0
+    for beta, target in ((0.01, 2.64), (1.0, 4.0), (3.0, 6.0)):
+        log_eta = calibrate_log_eta(rewards, log_q, beta, target)
+        adv = rewards - torch.logsumexp(rewards, -1, keepdim=True)
+
+        def ess_at(le: float, adv: torch.Tensor = adv, beta: float = beta) -> float:
+            return float(effective_sample_size(log_importance_weights(adv, log_q, math.exp(le), beta)))
+
+        assert ess_at(log_eta) == pytest.approx(target, rel=1e-6)
+        grid = torch.linspace(-7, 14, 20001).tolist()  # brute force: the grid point closest to the target
+        best = min(grid, key=lambda le: abs(ess_at(le) - target))
+        assert log_eta == pytest.approx(best, abs=2e-3)
+    assert calibrate_log_eta(rewards, log_q, 0.01, 8.5) == 14.0  # above K: unreachable, the upper bound
+    assert calibrate_log_eta(torch.zeros(2, 8), torch.zeros(2, 8), 0.01, 1.0) == -7.0  # equal rewards: ESS = K

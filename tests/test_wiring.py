@@ -241,3 +241,14 @@ def test_sampler_draws_uniformly_over_every_within_clip_window(small_dataset):
     expected = len(starts) / len(valid)
     chi2 = float(((counts - expected) ** 2 / expected).sum())
     assert chi2 < _chi2_bound(len(valid) - 1), f"not uniform over starts: counts {counts.tolist()}"
+
+
+def test_eta_auto_sets_the_first_steps_ess_on_target_and_only_then() -> None:
+    model, est, x, _ = _setup(eta_init=100.0)
+    est.cfg.eta_auto = True
+    out = est(model, x, step=0)
+    assert float(out.metrics["charts/ess"]) == pytest.approx(ESS_FRACTION * K, rel=1e-4)
+    calibrated = float(est.log_eta)
+    assert abs(calibrated - math.log(100.0)) > 0.1
+    est(model, x, step=1)  # later steps (and resumed runs) keep their eta
+    assert float(est.log_eta) == calibrated
