@@ -36,6 +36,13 @@ class Estimator(nn.Module):
         """The KL weight in force at ``step`` (0 for estimators without one)."""
         return 0.0
 
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The estimator's own trainable parameters by role, for the optimizer: ``"recognition"`` and
+        ``"generative"`` are trained like the networks of that side (e.g. a VQ codebook), ``"eta"`` at its own
+        constant rate (DAPS's log eta). Every parameter must be declared: ``trainer.make_optimizer`` refuses an
+        estimator whose parameters do not match its groups, so none joins a group silently."""
+        return {}
+
 
 @dataclass
 class DapsConfig:
@@ -76,6 +83,9 @@ class DapsEstimator(Estimator):
 
     def beta(self, step: int) -> float:
         return self.cfg.beta(step)
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {"eta": [self.log_eta]}
 
     def forward(self, model: DiscreteVAE, x: Tensor, step: int) -> EstimatorOutput:
         B, K = x.shape[0], self.cfg.num_samples

@@ -158,21 +158,40 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return cfg.lr_final_ratio + (1 - cfg.lr_final_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+ESTIMATOR_ROLES = ("recognition", "generative", "eta")
+
+
 def make_optimizer(objective: Objective, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over: recognition networks (lr x ``recognition_lr_scale``) and generative networks, each split into
+    decayed matrices and undecayed vectors/positions, with the estimator's declared ``recognition`` /
+    ``generative`` parameters joining their side; then the estimator's ``eta`` group at ``eta_lr``, constant."""
+    declared = objective.estimator.param_groups()
+    unknown = set(declared) - set(ESTIMATOR_ROLES)
+    listed = [p for ps in declared.values() for p in ps]
+    own = list(objective.estimator.parameters())
+    if unknown or len(listed) != len(own) or {id(p) for p in listed} != {id(p) for p in own}:
+        raise ValueError(
+            f"{type(objective.estimator).__name__}.param_groups() must list each of its parameters once under "
+            f"{ESTIMATOR_ROLES} (unknown roles: {sorted(unknown)})"
+        )
     groups = []
     for recognition in (True, False):
         lr = cfg.lr * (cfg.recognition_lr_scale if recognition else 1.0)
-        decay, no_decay = [], []
-        for name, p in objective.model.named_parameters():
-            if name.startswith("decoder.") != recognition:
-                (decay if p.ndim >= 2 and "pos_emb" not in name else no_decay).append(p)
+        named = [(n, p) for n, p in objective.model.named_parameters() if n.startswith("decoder.") != recognition]
+        named += [
+            (f"estimator.{i}", p)
+            for i, p in enumerate(declared.get("recognition" if recognition else "generative", []))
+        ]
+        decay = [p for n, p in named if p.ndim >= 2 and "pos_emb" not in n]
+        no_decay = [p for n, p in named if not (p.ndim >= 2 and "pos_emb" not in n)]
         groups += [
             {"params": decay, "weight_decay": cfg.weight_decay, "lr": lr, "base_lr": lr},
             {"params": no_decay, "weight_decay": 0.0, "lr": lr, "base_lr": lr},
         ]
-    est = list(objective.estimator.parameters())
-    if est:
-        groups.append({"params": est, "weight_decay": 0.0, "lr": cfg.eta_lr, "base_lr": cfg.eta_lr, "fixed": True})
+    if declared.get("eta"):
+        groups.append(
+            {"params": declared["eta"], "weight_decay": 0.0, "lr": cfg.eta_lr, "base_lr": cfg.eta_lr, "fixed": True}
+        )
     return torch.optim.AdamW(groups, betas=(0.9, cfg.adam_beta2))
 
 

@@ -246,3 +246,30 @@ def test_torchrun_two_processes_gloo(dataset, tmp_path):
     a, b = _weights(full / "checkpoints" / "step_0000006"), _weights(cut / "checkpoints" / "step_0000006")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def test_estimator_parameters_join_only_the_groups_they_declare():
+    from motiontok.estimators import Estimator
+    from motiontok.trainer import Objective, make_optimizer
+
+    net = TrajectoryNetConfig(embed_dim=16, num_heads=2, num_layers=1, block_size=16, vocab_size=16)
+    cfg = TrainConfig(lr=1e-3, recognition_lr_scale=0.5, eta_lr=1e-2, weight_decay=0.1)
+
+    class WithCodebook(Estimator):
+        def __init__(self, declare: bool):
+            super().__init__()
+            self.codebook = torch.nn.Parameter(torch.zeros(16, 16))
+            self.declare = declare
+
+        def param_groups(self):
+            return {"generative": [self.codebook]} if self.declare else {}
+
+    est = WithCodebook(True)
+    opt = make_optimizer(Objective(DiscreteVAE(net), est), cfg)
+    [group] = [g for g in opt.param_groups if any(p is est.codebook for p in g["params"])]
+    assert group["lr"] == 1e-3 and group["weight_decay"] == 0.1 and not group.get("fixed")  # decoder side
+    with pytest.raises(ValueError, match="param_groups"):
+        make_optimizer(Objective(DiscreteVAE(net), WithCodebook(False)), cfg)
+    daps = make_optimizer(Objective(DiscreteVAE(net), DapsEstimator(DapsConfig())), cfg)
+    assert [g["lr"] for g in daps.param_groups] == [5e-4, 5e-4, 1e-3, 1e-3, 1e-2]  # unchanged layout for DAPS
+    assert daps.param_groups[-1]["fixed"] and len(daps.param_groups[-1]["params"]) == 1
