@@ -135,5 +135,45 @@ class DapsEstimator(Estimator):
         return self._graphed(memory)
 
 
-ESTIMATORS = {"daps": (DapsEstimator, DapsConfig)}
+@dataclass
+class QuantizedConfig:
+    """VQ-VAE / FSQ baselines: the model's quantizer (``posterior=vq|fsq``) does the work; nothing to tune here."""
+
+    bottleneck: str = "vq"
+    """The model's bottleneck this estimator trains (``vq`` or ``fsq``); the training script builds the model
+    with it."""
+
+
+class QuantizedEstimator(Estimator):
+    """VQ-VAE and FSQ (paper section 2): maximise log p(x | quantized encoding) with the straight-through
+    gradient, plus the quantizer's own loss (VQ's commitment term; FSQ has none). No ELBO: the posterior is a
+    point mass, so the KL to the uniform prior is the constant T log V."""
+
+    def __init__(self, cfg: QuantizedConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    def forward(self, model: DiscreteVAE, x: Tensor, step: int) -> EstimatorOutput:
+        if model.quantizer is None:
+            raise ValueError(
+                f"the {self.cfg.bottleneck} estimator needs a model built with posterior={self.cfg.bottleneck!r}"
+            )
+        q = model.quantizer(model.memory(x))  # codes (B, T, H), tokens (B, T)
+        mean, var = model.decoder.forward_embeddings(q.codes)  # (B, L, F), (F,)
+        log_p = gaussian_log_prob(x, mean, var)  # (B,)
+        usage = torch.unique(q.tokens).numel() / model.num_codes
+        metrics = {
+            "losses/decoder": -log_p.detach().mean(),
+            "losses/quantizer": q.aux_loss.detach(),
+            "charts/log_p": log_p.detach().mean(),
+            "charts/batch_code_usage": torch.tensor(usage),
+        }
+        return EstimatorOutput(-log_p.mean() + q.aux_loss, metrics)
+
+
+ESTIMATORS = {
+    "daps": (DapsEstimator, DapsConfig),
+    "vqvae": (QuantizedEstimator, QuantizedConfig),
+    "fsq": (QuantizedEstimator, QuantizedConfig),
+}
 """Estimators by name -> (class, config dataclass)."""

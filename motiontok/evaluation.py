@@ -50,26 +50,23 @@ def evaluate_tokenizer(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    T, V = model.cfg.block_size, model.cfg.vocab_size
+    T, V = model.cfg.block_size, model.num_codes
     generator = torch.Generator(device).manual_seed(seed)
     sums = {k: 0.0 for k in ("log_p", "log_p_greedy", "log_p_fixed_var", "l2", "l2_sample", "kl", "entropy")}
     counts = torch.zeros(V, dtype=torch.long)
     recon = []
     for start in range(0, len(windows), batch_size):
         x = normalizer.normalize(windows[start : start + batch_size].to(device, torch.float32))  # (b, L, F)
-        memory = model.memory(x)  # (b, T, H)
-        z_greedy = model.posterior.sample(memory, greedy=True)  # (b, T)
-        z = model.posterior.sample(memory, generator=generator)  # (b, T)
-        log_q = model.posterior.log_prob(memory, z)  # (b,)
-        mean_g, var = model.decoder(z_greedy)  # (b, L, F), (F,)
-        mean_s, _ = model.decoder(z)
+        z_greedy, z, log_q, entropy = _codes(model, model.memory(x), generator)  # (b, T), (b, T), (b,), (b,)
+        mean_g, var = model.decode(z_greedy)  # (b, L, F), (F,)
+        mean_s, _ = model.decode(z)
         sums["log_p"] += gaussian_log_prob(x, mean_s, var).sum().item()
         sums["log_p_greedy"] += gaussian_log_prob(x, mean_g, var).sum().item()
         sums["log_p_fixed_var"] += gaussian_log_prob(x, mean_g, torch.full_like(var, REFERENCE_VAR)).sum().item()
         sums["l2"] += (x - mean_g).flatten(1).norm(dim=1).sum().item()
         sums["l2_sample"] += (x - mean_s).flatten(1).norm(dim=1).sum().item()
         sums["kl"] += daps.kl_to_uniform(log_q[:, None], T, V).sum().item()
-        sums["entropy"] += model.posterior.entropy(memory, z).sum().item()
+        sums["entropy"] += entropy.sum().item()
         counts += torch.bincount(z_greedy.flatten().cpu(), minlength=V)
         recon.append(normalizer.denormalize(mean_g).double().cpu())
     n = len(windows)
@@ -85,6 +82,18 @@ def evaluate_tokenizer(
         out |= robot_space_errors(torch.cat(recon).numpy(), windows.double().cpu().numpy(), fps)
     model.train(was_training)
     return out
+
+
+def _codes(model: DiscreteVAE, memory: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Greedy code, sampled code, log q of the sample and the posterior's entropy. A quantizer's code is a point
+    mass: both codes are its output, log q = 0 and the entropy 0 (so KL to the uniform prior = T log V)."""
+    if model.quantizer is not None:
+        z = model.quantizer(memory).tokens
+        zero = memory.new_zeros(len(memory))
+        return z, z, zero, zero
+    z_greedy = model.posterior.sample(memory, greedy=True)
+    z = model.posterior.sample(memory, generator=generator)
+    return z_greedy, z, model.posterior.log_prob(memory, z), model.posterior.entropy(memory, z)
 
 
 def robot_space_errors(pred: np.ndarray, true: np.ndarray, fps: float) -> dict[str, float]:

@@ -45,6 +45,7 @@ def tokenizer_config(model: DiscreteVAE, fps: float, **extra: Any) -> dict[str, 
         "feature_layout": feat.FEATURE_LAYOUT,
         "net": dataclasses.asdict(model.cfg),
         "posterior": model.posterior_kind,
+        "quantizer": model.quantizer_kwargs,
         "fps": fps,
         **extra,
     }
@@ -80,7 +81,7 @@ class MotionTokenizer(nn.Module):
 
     @property
     def vocab_size(self) -> int:
-        return self.model.cfg.vocab_size
+        return self.model.num_codes  # the quantizer's codebook when smaller (FSQ: 1,000)
 
     @property
     def device(self) -> torch.device:
@@ -216,7 +217,8 @@ class MotionTokenizer(nn.Module):
                 f"{feat.FEATURE_LAYOUT!r}; retrain it or use a matching motiontok release"
             )
         try:
-            model = DiscreteVAE(TrajectoryNetConfig(**config["net"]), config.get("posterior", "ar"))
+            net = TrajectoryNetConfig(**config["net"])
+            model = DiscreteVAE(net, config.get("posterior", "ar"), quantizer=config.get("quantizer"))
             normalizer = RunningNormalizer(model.cfg.feature_dim)
             model.load_state_dict(strip_prefix(tensors, "model."))
             normalizer.load_state_dict(strip_prefix(tensors, "normalizer."))

@@ -55,13 +55,16 @@ def main(cfg: DictConfig) -> None:
     est_cls, est_cfg_cls = ESTIMATORS[name]
     if "beta" in est_cfg:
         est_cfg["beta"] = BetaSchedule(**est_cfg["beta"])
+    quantizer = est_cfg.pop("quantizer", None)  # the VQ baselines' bottleneck replaces the posterior head
+    posterior = est_cfg.get("bottleneck") or cfg.tokenizer.posterior
     try:
         path = ensure_dataset(cfg.data)
         torch.manual_seed(cfg.train.seed)  # the initial weights too
         model = DiscreteVAE(
             TrajectoryNetConfig(**cfg.tokenizer.net),
-            cfg.tokenizer.posterior,
-            cfg.tokenizer.posterior_init_std,
+            posterior,
+            cfg.tokenizer.posterior_init_std if quantizer is None else None,
+            quantizer=quantizer,
         )
         estimator = est_cls(est_cfg_cls(**est_cfg))
         records = {"config": OmegaConf.to_container(cfg, resolve=True), "command": " ".join(sys.argv)}
