@@ -171,9 +171,58 @@ class QuantizedEstimator(Estimator):
         return EstimatorOutput(-log_p.mean() + q.aux_loss, metrics)
 
 
+@dataclass
+class RelaxedConfig:
+    """Straight-through Gumbel-Softmax (``rao_blackwell=0``) or GR-MCK (K > 0); figure 11, LAFAN: tau 1.0,
+    initial beta 2."""
+
+    tau: float = 1.0
+    rao_blackwell: int = 0
+    """K conditional Gumbel draws averaged per code (GR-MCK); 0 = plain straight-through Gumbel-Softmax."""
+    beta: BetaSchedule = field(default_factory=lambda: BetaSchedule("exp", 2.0, 0.01, 10_000))
+
+
+class RelaxedEstimator(Estimator):
+    """Maximise the beta-ELBO ``log p(x | y) - beta KL(q || uniform)`` with relaxed codes y
+    (``motiontok.relaxed``); the KL is summed over positions, each position's conditional q(z_t | z_<t, x) taken
+    along the sampled prefix (exact per position)."""
+
+    def __init__(self, cfg: RelaxedConfig) -> None:
+        super().__init__()
+        if cfg.tau <= 0 or cfg.rao_blackwell < 0:
+            raise ValueError(f"tau must be > 0 and rao_blackwell >= 0, got {cfg.tau}, {cfg.rao_blackwell}")
+        self.cfg = cfg
+
+    def beta(self, step: int) -> float:
+        return self.cfg.beta(step)
+
+    def forward(self, model: DiscreteVAE, x: Tensor, step: int) -> EstimatorOutput:
+        from motiontok.relaxed import relaxed_sample
+
+        if model.posterior is None:
+            raise ValueError("Gumbel-Softmax estimators need a categorical posterior (posterior=ar or na)")
+        codes, _, logits = relaxed_sample(model.posterior, model.memory(x), self.cfg.tau, self.cfg.rao_blackwell)
+        mean, var = model.decoder(codes)  # (B, L, F): the forward pass decodes the hard codes
+        log_p = gaussian_log_prob(x, mean, var)  # (B,)
+        log_probs = torch.log_softmax(logits, -1)  # (B, T, V)
+        V = logits.shape[-1]
+        kl = (log_probs.exp() * (log_probs + math.log(V))).sum((-1, -2))  # (B,)
+        beta = self.beta(step)
+        metrics = {
+            "losses/decoder": -log_p.detach().mean(),
+            "charts/log_p": log_p.detach().mean(),
+            "charts/kl_uniform": kl.detach().mean(),
+            "charts/beta_elbo": (log_p - beta * kl).detach().mean(),
+            "charts/beta": torch.tensor(beta),
+        }
+        return EstimatorOutput(-(log_p - beta * kl).mean(), metrics)
+
+
 ESTIMATORS = {
     "daps": (DapsEstimator, DapsConfig),
     "vqvae": (QuantizedEstimator, QuantizedConfig),
     "fsq": (QuantizedEstimator, QuantizedConfig),
+    "gumbel": (RelaxedEstimator, RelaxedConfig),
+    "grmck": (RelaxedEstimator, RelaxedConfig),
 }
 """Estimators by name -> (class, config dataclass)."""

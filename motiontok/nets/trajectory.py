@@ -289,6 +289,16 @@ class ARPosterior(Posterior):
         h = self.decoder(h, memory)  # (B*S, T, H)
         return self.head(h)  # (B*S, T, V)
 
+    def logits_soft(self, memory: Tensor, codes: Tensor) -> Tensor:
+        """Teacher-forced logits with relaxed codes: memory (B, T, H), codes (B, t, V) one-hot or soft -> (B, t, V);
+        position i reads codes[:, :i] through the embedding table (what Gumbel-Softmax back-propagates through)."""
+        t = codes.shape[1]
+        bos = self.tok_emb.weight[self.bos].expand(codes.shape[0], 1, -1)  # (B, 1, H)
+        prev = codes[:, :-1] @ self.tok_emb.weight[: self.vocab_size]  # (B, t-1, H)
+        h = torch.cat((bos, prev), dim=1) + self.pos_emb[:t]  # (B, t, H)
+        h = self.drop(self._skip(h, memory, 0))
+        return self.head(self.decoder(h, memory))  # (B, t, V)
+
     @torch.no_grad()
     def sample(
         self,
