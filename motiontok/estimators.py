@@ -176,7 +176,8 @@ class RelaxedConfig:
     """Straight-through Gumbel-Softmax (``rao_blackwell=0``) or GR-MCK (K > 0); figure 11, LAFAN: tau 1.0,
     initial beta 2."""
 
-    tau: float = 1.0
+    tau: BetaSchedule = field(default_factory=lambda: BetaSchedule("constant", 1.0, 1.0, 1))
+    """Temperature schedule (the same schedule type as beta; CIFAR-10's GR-MCK: cosine 1.0 -> 0.75)."""
     rao_blackwell: int = 0
     """K conditional Gumbel draws averaged per code (GR-MCK); 0 = plain straight-through Gumbel-Softmax."""
     beta: BetaSchedule = field(default_factory=lambda: BetaSchedule("exp", 2.0, 0.01, 10_000))
@@ -189,8 +190,8 @@ class RelaxedEstimator(Estimator):
 
     def __init__(self, cfg: RelaxedConfig) -> None:
         super().__init__()
-        if cfg.tau <= 0 or cfg.rao_blackwell < 0:
-            raise ValueError(f"tau must be > 0 and rao_blackwell >= 0, got {cfg.tau}, {cfg.rao_blackwell}")
+        if min(cfg.tau.start, cfg.tau.end) <= 0 or cfg.rao_blackwell < 0:
+            raise ValueError(f"tau must stay > 0 and rao_blackwell >= 0, got {cfg.tau}, {cfg.rao_blackwell}")
         self.cfg = cfg
 
     def beta(self, step: int) -> float:
@@ -201,7 +202,8 @@ class RelaxedEstimator(Estimator):
 
         if model.posterior is None:
             raise ValueError("Gumbel-Softmax estimators need a categorical posterior (posterior=ar or na)")
-        codes, _, logits = relaxed_sample(model.posterior, model.memory(x), self.cfg.tau, self.cfg.rao_blackwell)
+        tau = self.cfg.tau(step)
+        codes, _, logits = relaxed_sample(model.posterior, model.memory(x), tau, self.cfg.rao_blackwell)
         mean, var = model.decoder(codes)  # (B, L, F): the forward pass decodes the hard codes
         log_p = gaussian_log_prob(x, mean, var)  # (B,)
         log_probs = torch.log_softmax(logits, -1)  # (B, T, V)
@@ -214,6 +216,7 @@ class RelaxedEstimator(Estimator):
             "charts/kl_uniform": kl.detach().mean(),
             "charts/beta_elbo": (log_p - beta * kl).detach().mean(),
             "charts/beta": torch.tensor(beta),
+            "charts/tau": torch.tensor(tau),
         }
         return EstimatorOutput(-(log_p - beta * kl).mean(), metrics)
 

@@ -53,8 +53,9 @@ def main(cfg: DictConfig) -> None:
     if name not in ESTIMATORS:
         raise SystemExit(f"error: unknown estimator {name!r}; choose one of {sorted(ESTIMATORS)}")
     est_cls, est_cfg_cls = ESTIMATORS[name]
-    if "beta" in est_cfg:
-        est_cfg["beta"] = BetaSchedule(**est_cfg["beta"])
+    for key in ("beta", "tau"):  # schedules
+        if isinstance(est_cfg.get(key), dict):
+            est_cfg[key] = BetaSchedule(**est_cfg[key])
     quantizer = est_cfg.pop("quantizer", None)  # the VQ baselines' bottleneck replaces the posterior head
     posterior = est_cfg.get("bottleneck") or cfg.tokenizer.posterior
     try:

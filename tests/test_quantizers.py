@@ -81,3 +81,20 @@ def test_training_improves_reconstruction_and_tokenizer_round_trips(kind: str, d
     torch.testing.assert_close(
         tok.decode(tokens), norm.denormalize(model.eval().reconstruct(model.encode(norm.normalize(w))))
     )
+
+
+def test_fsq_codes_and_indices_round_trip_exactly() -> None:
+    fsq = DiscreteVAE(TrajectoryNetConfig(), "fsq", quantizer={"levels": [10, 10, 10]}).quantizer.fsq
+    grid = fsq.implicit_codebook  # (1000, 3): every code on the level grid, in index order
+    assert grid.shape == (1000, 3) and len(torch.unique(grid, dim=0)) == 1000
+    torch.testing.assert_close(fsq.codes_to_indices(grid).long(), torch.arange(1000))
+
+
+def test_vq_reports_code_usage() -> None:
+    torch.manual_seed(0)
+    model = DiscreteVAE(TINY, "vq")
+    out = QuantizedEstimator(QuantizedConfig("vq"))(model, torch.randn(4, 32, 127), 0)
+    usage = float(out.metrics["charts/batch_code_usage"])
+    tokens = model.quantizer(model.memory(torch.randn(4, 32, 127))).tokens
+    assert 0 < usage <= 1 and usage * model.num_codes == pytest.approx(round(usage * model.num_codes))
+    assert tokens.max() < model.num_codes
