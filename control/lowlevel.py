@@ -39,7 +39,7 @@ class PolicyConfig:
     conv_channels: int = 32
     token_features: int = 128
     net_arch: list[int] = field(default_factory=lambda: [256, 256, 128])
-    log_std_init: float = -1.0
+    log_std_init: float = 0.0
 
 
 @dataclass

@@ -64,7 +64,7 @@ class TrackingConfig:
     """Everything that defines the tracking task (saved with a policy)."""
 
     action_mode: str = "pd_offset"
-    action_scale: float = 0.5  # rad of PD-target offset per unit action
+    action_scale: float = 0.25  # rad of PD-target offset per unit action
     control_hz: float = robot.CONTROL_HZ
     timestep: float = 0.002
     episode_seconds: float = 10.0
