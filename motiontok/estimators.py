@@ -221,11 +221,48 @@ class RelaxedEstimator(Estimator):
         return EstimatorOutput(-(log_p - beta * kl).mean(), metrics)
 
 
+@dataclass
+class VAEConfig:
+    """The Gaussian VAE baseline (``posterior=gauss``): beta-ELBO with the closed-form KL to N(0, I)."""
+
+    bottleneck: str = "gauss"
+    beta: BetaSchedule = field(default_factory=lambda: BetaSchedule("constant", 1.0, 1.0, 1))
+
+
+class VAEEstimator(Estimator):
+    """Maximise ``log p(x | z) - beta KL(q(z|x) || N(0, I))`` with one reparameterised sample per window."""
+
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    def beta(self, step: int) -> float:
+        return self.cfg.beta(step)
+
+    def forward(self, model: DiscreteVAE, x: Tensor, step: int) -> EstimatorOutput:
+        from motiontok.nets.quantizers import GaussianBottleneck
+
+        if not isinstance(model.quantizer, GaussianBottleneck):
+            raise ValueError("the vae estimator needs a model built with posterior='gauss'")
+        codes, _, kl = model.quantizer(model.memory(x))  # (B, T, H), _, (B,)
+        log_p = gaussian_log_prob(x, *model.decoder.forward_embeddings(codes))  # (B,)
+        beta = self.beta(step)
+        metrics = {
+            "losses/decoder": -log_p.detach().mean(),
+            "charts/log_p": log_p.detach().mean(),
+            "charts/kl": kl.detach().mean(),
+            "charts/beta_elbo": (log_p - beta * kl).detach().mean(),
+            "charts/beta": torch.tensor(beta),
+        }
+        return EstimatorOutput(-(log_p - beta * kl).mean(), metrics)
+
+
 ESTIMATORS = {
     "daps": (DapsEstimator, DapsConfig),
     "vqvae": (QuantizedEstimator, QuantizedConfig),
     "fsq": (QuantizedEstimator, QuantizedConfig),
     "gumbel": (RelaxedEstimator, RelaxedConfig),
     "grmck": (RelaxedEstimator, RelaxedConfig),
+    "vae": (VAEEstimator, VAEConfig),
 }
 """Estimators by name -> (class, config dataclass)."""

@@ -13,6 +13,7 @@ from motiontok import features as feat
 from motiontok.models import DiscreteVAE
 from motiontok.motion import forward_kinematics
 from motiontok.nets import gaussian_log_prob
+from motiontok.nets.quantizers import GaussianBottleneck
 from motiontok.normalizer import RunningNormalizer
 
 REFERENCE_VAR = 0.25
@@ -50,14 +51,14 @@ def evaluate_tokenizer(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    T, V = model.cfg.block_size, model.num_codes
+    V = model.num_codes
     generator = torch.Generator(device).manual_seed(seed)
     sums = {k: 0.0 for k in ("log_p", "log_p_greedy", "log_p_fixed_var", "l2", "l2_sample", "kl", "entropy")}
     counts = torch.zeros(V, dtype=torch.long)
     recon = []
     for start in range(0, len(windows), batch_size):
         x = normalizer.normalize(windows[start : start + batch_size].to(device, torch.float32))  # (b, L, F)
-        z_greedy, z, log_q, entropy = _codes(model, model.memory(x), generator)  # (b, T), (b, T), (b,), (b,)
+        z_greedy, z, kl, entropy = _codes(model, model.memory(x), generator)  # (b, T), (b, T), (b,), (b,)
         mean_g, var = model.decode(z_greedy)  # (b, L, F), (F,)
         mean_s, _ = model.decode(z)
         sums["log_p"] += gaussian_log_prob(x, mean_s, var).sum().item()
@@ -65,9 +66,10 @@ def evaluate_tokenizer(
         sums["log_p_fixed_var"] += gaussian_log_prob(x, mean_g, torch.full_like(var, REFERENCE_VAR)).sum().item()
         sums["l2"] += (x - mean_g).flatten(1).norm(dim=1).sum().item()
         sums["l2_sample"] += (x - mean_s).flatten(1).norm(dim=1).sum().item()
-        sums["kl"] += daps.kl_to_uniform(log_q[:, None], T, V).sum().item()
+        sums["kl"] += kl.sum().item()
         sums["entropy"] += entropy.sum().item()
-        counts += torch.bincount(z_greedy.flatten().cpu(), minlength=V)
+        if not z_greedy.is_floating_point():  # discrete codes (the Gaussian VAE has none)
+            counts += torch.bincount(z_greedy.flatten().cpu(), minlength=V)
         recon.append(normalizer.denormalize(mean_g).double().cpu())
     n = len(windows)
     out = {k: v / n for k, v in sums.items()}
@@ -85,15 +87,24 @@ def evaluate_tokenizer(
 
 
 def _codes(model: DiscreteVAE, memory: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Greedy code, sampled code, log q of the sample and the posterior's entropy. A quantizer's code is a point
-    mass: both codes are its output, log q = 0 and the entropy 0 (so KL to the uniform prior = T log V)."""
+    """Greedy code, sampled code, KL to the prior (one-sample estimate for a categorical posterior) and the
+    posterior's entropy, per window. A quantizer's code is a point mass: both codes are its output, KL to the
+    uniform prior = T log V, entropy 0. The Gaussian VAE: its mean and a sample, KL to N(0, I) in closed form,
+    the Gaussian's differential entropy."""
+    T, V = model.cfg.block_size, model.num_codes
+    if isinstance(model.quantizer, GaussianBottleneck):
+        mean, log_var = model.quantizer.stats(memory)
+        _, z, kl = model.quantizer(memory, generator=generator)
+        entropy = 0.5 * (log_var + math.log(2 * math.pi) + 1.0).flatten(1).sum(-1)
+        return mean, z, kl, entropy
     if model.quantizer is not None:
         z = model.quantizer(memory).tokens
         zero = memory.new_zeros(len(memory))
-        return z, z, zero, zero
+        return z, z, daps.kl_to_uniform(zero[:, None], T, V), zero
     z_greedy = model.posterior.sample(memory, greedy=True)
     z = model.posterior.sample(memory, generator=generator)
-    return z_greedy, z, model.posterior.log_prob(memory, z), model.posterior.entropy(memory, z)
+    kl = daps.kl_to_uniform(model.posterior.log_prob(memory, z)[:, None], T, V)
+    return z_greedy, z, kl, model.posterior.entropy(memory, z)
 
 
 def robot_space_errors(pred: np.ndarray, true: np.ndarray, fps: float) -> dict[str, float]:

@@ -19,7 +19,7 @@ from motiontok.nets import (
     TrajectoryNetConfig,
     gaussian_log_prob,
 )
-from motiontok.nets.quantizers import QUANTIZERS
+from motiontok.nets.quantizers import QUANTIZERS, GaussianBottleneck
 
 POSTERIORS = {"ar": ARPosterior, "na": NAPosterior}
 """Posterior heads by name: ``ar`` (autoregressive, the paper's DAPS) and ``na`` (DAPS-NA)."""
@@ -69,6 +69,8 @@ class DiscreteVAE(nn.Module):
     def encode(self, x: Tensor, greedy: bool = True, temperature: float = 1.0) -> Tensor:
         """(B, L, F) -> tokens (B, T): the posterior's greedy mode, or a sample from it (a quantizer's codes are
         deterministic)."""
+        if isinstance(self.quantizer, GaussianBottleneck):  # the VAE baseline: the latent means (B, T, d) float
+            return self.quantizer.stats(self.memory(x))[0]
         if self.quantizer is not None:
             return self.quantizer(self.memory(x)).tokens
         return self.posterior.sample(self.memory(x), greedy=greedy, temperature=temperature)

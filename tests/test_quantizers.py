@@ -98,3 +98,26 @@ def test_vq_reports_code_usage() -> None:
     tokens = model.quantizer(model.memory(torch.randn(4, 32, 127))).tokens
     assert 0 < usage <= 1 and usage * model.num_codes == pytest.approx(round(usage * model.num_codes))
     assert tokens.max() < model.num_codes
+
+
+def test_gaussian_vae_kl_matches_the_closed_form_and_trains(dataset, tmp_path) -> None:
+    from torch.distributions import Normal, kl_divergence
+
+    from motiontok.estimators import VAEConfig, VAEEstimator
+    from motiontok.nets.quantizers import gaussian_kl
+
+    mean, log_var = torch.randn(4, 16, 3), torch.randn(4, 16, 3)
+    expected = kl_divergence(Normal(mean, (0.5 * log_var).exp()), Normal(0.0, 1.0)).flatten(1).sum(-1)
+    torch.testing.assert_close(gaussian_kl(mean, log_var), expected)
+    torch.manual_seed(0)
+    model = DiscreteVAE(TINY, "gauss")
+    cfg = TrainConfig(steps=100, batch_size=8, lr=3e-3, warmup_steps=5, eval_every=0, ckpt_every=100, progress=False)
+    tr, _ = split_train_val(dataset, VAL)
+    norm = RunningNormalizer(127)
+    norm.update(torch.from_numpy(tr.features))
+    windows = fixed_windows(tr, 32, 8)
+    before = evaluate_tokenizer(model, norm, windows, 30.0, robot_metrics=False)
+    train(dataset, model, VAEEstimator(VAEConfig()), cfg, tmp_path / "vae", VAL)
+    after = evaluate_tokenizer(model, norm, windows, 30.0, robot_metrics=False)
+    assert after["beta_elbo"] > before["beta_elbo"], (before["beta_elbo"], after["beta_elbo"])
+    assert after["kl"] > 0 and after["code_usage"] == 0.0  # no discrete codes to count

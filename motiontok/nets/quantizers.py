@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import torch
 from torch import Tensor, nn
 
 
@@ -68,10 +69,43 @@ class FSQQuantizer(nn.Module):
         return self.fsq.indices_to_codes(tokens)
 
 
-QUANTIZERS = {"vq": VQQuantizer, "fsq": FSQQuantizer}
-"""Quantizer bottlenecks by name (``DiscreteVAE(..., posterior="vq" | "fsq")``)."""
-
-
 def bits(vocab_size: int, block_size: int) -> float:
     """Bits of a code of ``block_size`` positions with ``vocab_size`` values each."""
     return block_size * math.log2(vocab_size)
+
+
+class GaussianBottleneck(nn.Module):
+    """The Gaussian VAE baseline's latent: per position a diagonal Gaussian of ``latent_dim`` numbers (default 3,
+    the dimensions of one FSQ code), sampled by reparameterisation; KL to N(0, I) in closed form. Not discrete:
+    its "tokens" are the latent means (B, T, d) float, which ``embed_tokens`` maps back to the decoder's input."""
+
+    def __init__(self, embed_dim: int, vocab_size: int, latent_dim: int = 3):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.vocab_size = vocab_size
+        self.to_stats = nn.Linear(embed_dim, 2 * latent_dim)
+        self.from_latent = nn.Linear(latent_dim, embed_dim)
+
+    def stats(self, memory: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, T, H) -> mean, log variance (B, T, d)."""
+        mean, log_var = self.to_stats(memory).chunk(2, dim=-1)
+        return mean, log_var.clamp(-12.0, 8.0)
+
+    def forward(self, memory: Tensor, generator=None) -> tuple[Tensor, Tensor, Tensor]:
+        """Decoder input (B, T, H) of a sampled latent, the latent (B, T, d), KL(q || N(0, I)) per window (B,)."""
+        mean, log_var = self.stats(memory)
+        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        z = mean + torch.exp(0.5 * log_var) * eps
+        return self.from_latent(z), z, gaussian_kl(mean, log_var)
+
+    def embed_tokens(self, z: Tensor) -> Tensor:
+        return self.from_latent(z)
+
+
+def gaussian_kl(mean: Tensor, log_var: Tensor) -> Tensor:
+    """KL(N(mean, exp(log_var)) || N(0, I)) summed over all but the batch dim: (B, ...) -> (B,)."""
+    return 0.5 * (mean**2 + log_var.exp() - 1.0 - log_var).flatten(1).sum(-1)
+
+
+QUANTIZERS = {"vq": VQQuantizer, "fsq": FSQQuantizer, "gauss": GaussianBottleneck}
+"""Bottlenecks that replace the posterior head, by name (``DiscreteVAE(..., posterior="vq" | "fsq" | "gauss")``)."""
