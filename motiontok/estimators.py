@@ -36,6 +36,9 @@ class Estimator(nn.Module):
         """The KL weight in force at ``step`` (0 for estimators without one)."""
         return 0.0
 
+    updates_per_batch: int = 1
+    """Optimizer steps the trainer takes on each batch (the PPO baseline: several epochs over its samples)."""
+
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """The estimator's own trainable parameters by role, for the optimizer: ``"recognition"`` and
         ``"generative"`` are trained like the networks of that side (e.g. a VQ codebook), ``"eta"`` at its own
@@ -257,6 +260,72 @@ class VAEEstimator(Estimator):
         return EstimatorOutput(-(log_p - beta * kl).mean(), metrics)
 
 
+@dataclass
+class PPOConfig:
+    """The PPO-style autoencoding baseline: q(z|x) is a policy whose reward is log p(x|z) - beta log q(z|x)."""
+
+    num_samples: int = 8
+    """Codes sampled per input and batch (without gradient, from the policy before the update)."""
+    epochs: int = 4
+    """Optimizer steps on each batch of samples (``updates_per_batch``)."""
+    clip: float = 0.2
+    """PPO's ratio clipping."""
+    embed_dim: int = 128
+    """Width of the model's memory (the critic's input): ``tokenizer.net.embed_dim``."""
+    beta: BetaSchedule = field(default_factory=lambda: BetaSchedule("exp", 2.0, 0.01, 10_000))
+
+
+class PPOEstimator(Estimator):
+    """Clipped policy-gradient baseline: per batch, K codes per input are drawn once with their log q; for each of
+    ``epochs`` optimizer steps the encoder maximises PPO's clipped surrogate of the advantage ``r - V(x)`` (a
+    critic on the mean-pooled memory, trained by squared error), the decoder maximises log p(x|z)."""
+
+    def __init__(self, cfg: PPOConfig) -> None:
+        super().__init__()
+        if cfg.num_samples < 1 or cfg.epochs < 1 or cfg.clip <= 0:
+            raise ValueError(f"num_samples and epochs must be >= 1 and clip > 0, got {cfg}")
+        self.cfg = cfg
+        self.updates_per_batch = cfg.epochs
+        h = cfg.embed_dim
+        self.critic = nn.Sequential(nn.Linear(h, h), nn.ELU(), nn.Linear(h, 1))
+        self._calls = 0  # forward calls; a new batch every ``epochs`` calls (the trainer's inner loop)
+        self._rollout: tuple[Tensor, Tensor] | None = None  # the batch's codes (B*K, T) and their old log q
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {"recognition": list(self.critic.parameters())}
+
+    def beta(self, step: int) -> float:
+        return self.cfg.beta(step)
+
+    def forward(self, model: DiscreteVAE, x: Tensor, step: int) -> EstimatorOutput:
+        K = self.cfg.num_samples
+        memory = model.memory(x)  # (B, T, H)
+        if self._calls % self.updates_per_batch == 0:  # first update on this batch: draw its codes
+            tokens = model.posterior.sample(memory.detach(), num_samples=K)  # (B*K, T)
+            with torch.no_grad():
+                self._rollout = (tokens, model.posterior.log_prob(memory, tokens))  # old log q (B*K,)
+        self._calls += 1
+        tokens, old_log_q = self._rollout
+        log_q = model.posterior.log_prob(memory, tokens)  # (B*K,)
+        log_p = gaussian_log_prob(x.repeat_interleave(K, 0), *model.decode(tokens))  # (B*K,)
+        beta = self.beta(step)
+        value = self.critic(memory.mean(1)).squeeze(-1).repeat_interleave(K)  # (B*K,)
+        reward = (log_p - beta * old_log_q).detach()
+        adv = reward - value.detach()
+        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        ratio = torch.exp(log_q - old_log_q)
+        surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - self.cfg.clip, 1 + self.cfg.clip) * adv)
+        critic_loss = ((value - reward) ** 2).mean() / reward.var().clamp_min(1.0)
+        metrics = {
+            "losses/encoder": -surrogate.detach().mean(),
+            "losses/critic": critic_loss.detach(),
+            "charts/log_p": log_p.detach().mean(),
+            "charts/clip_fraction": ((ratio - 1).abs() > self.cfg.clip).float().mean().detach(),
+            "charts/beta": torch.tensor(beta),
+        }
+        return EstimatorOutput(-surrogate.mean() - log_p.mean() + critic_loss, metrics)
+
+
 ESTIMATORS = {
     "daps": (DapsEstimator, DapsConfig),
     "vqvae": (QuantizedEstimator, QuantizedConfig),
@@ -264,5 +333,6 @@ ESTIMATORS = {
     "gumbel": (RelaxedEstimator, RelaxedConfig),
     "grmck": (RelaxedEstimator, RelaxedConfig),
     "vae": (VAEEstimator, VAEConfig),
+    "ppo": (PPOEstimator, PPOConfig),
 }
 """Estimators by name -> (class, config dataclass)."""

@@ -335,13 +335,14 @@ def train(
             for g in optimizer.param_groups:
                 g["lr"] = g["base_lr"] * (1.0 if g.get("fixed") else lr_factor(step, cfg))
             x = normalizer.normalize(sampler.sample(cfg.batch_size).to(device))  # (B, L, F)
-            loss, metrics = runner(x, step)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = clip_gradients(model, cfg)
-            if grad_norm is not None:
-                metrics["charts/grad_norm"] = grad_norm.detach()
-            optimizer.step()
+            for _ in range(estimator.updates_per_batch):  # 1, or several epochs over one batch (PPO baseline)
+                loss, metrics = runner(x, step)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = clip_gradients(model, cfg)
+                if grad_norm is not None:
+                    metrics["charts/grad_norm"] = grad_norm.detach()
+                optimizer.step()
             step += 1
             if main and step % cfg.log_every == 0:  # reading metrics syncs the device: only every log_every steps
                 _log(writer, bar, metrics, optimizer, step)

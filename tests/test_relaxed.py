@@ -98,3 +98,26 @@ def test_temperature_schedule_reaches_the_estimator() -> None:
     assert float(est(model, x, 10).metrics["charts/tau"]) == pytest.approx(0.75)
     with pytest.raises(ValueError, match="tau must stay > 0"):
         RelaxedEstimator(RelaxedConfig(tau=BetaSchedule("linear", 1.0, 0.0, 10)))
+
+
+def test_ppo_baseline_reuses_its_samples_for_its_epochs_and_learns() -> None:
+    from motiontok.estimators import PPOConfig, PPOEstimator
+
+    torch.manual_seed(0)
+    model = DiscreteVAE(TINY, "ar", posterior_init_std=0.5)
+    est = PPOEstimator(PPOConfig(num_samples=4, epochs=3, embed_dim=16, beta=BetaSchedule("constant", 0.01, 0.01, 1)))
+    assert est.updates_per_batch == 3 and est.param_groups()["recognition"]
+    x = torch.randn(6, 32, 127)
+    opt = torch.optim.Adam([*model.parameters(), *est.parameters()], lr=3e-3)
+    drawn, log_p = [], []
+    for step in range(20):
+        for _ in range(3):  # the trainer's inner loop
+            out = est(model, x, step)
+            drawn.append(est._rollout[0].clone())
+            opt.zero_grad()
+            out.loss.backward()
+            opt.step()
+        log_p.append(float(out.metrics["charts/log_p"]))
+    assert all(torch.equal(drawn[3 * b], drawn[3 * b + i]) for b in range(20) for i in (1, 2))  # same codes per batch
+    assert not torch.equal(drawn[0], drawn[3])  # new codes for the next batch
+    assert sum(log_p[-5:]) / 5 > sum(log_p[:5]) / 5 + 50, (log_p[:3], log_p[-3:])
