@@ -22,11 +22,11 @@ from omegaconf import DictConfig, OmegaConf
 from motiontok.daps import BetaSchedule
 from motiontok.data import dataset_layout, write_dataset
 from motiontok.errors import CheckpointError, MotionDataError
-from motiontok.estimators import ESTIMATORS
 from motiontok.features import FEATURE_LAYOUT
 from motiontok.models import DiscreteVAE
 from motiontok.motion import load_motions
 from motiontok.nets import TrajectoryNetConfig
+from motiontok.registry import ESTIMATORS
 from motiontok.trainer import TrainConfig, train
 
 

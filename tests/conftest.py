@@ -69,3 +69,17 @@ def reference_cache(tmp_path_factory: pytest.TempPathFactory):
     mp.setenv("MOTIONTOK_CACHE", str(tmp_path_factory.mktemp("reference-cache")))
     yield
     mp.undo()
+
+
+SYNTHETIC_VAL = "val_subject9"
+"""Validation clip of :func:`synthetic_dataset`."""
+
+
+@pytest.fixture(scope="module")
+def synthetic_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An HDF5 dataset of three synthetic training clips (70 frames) and one validation clip (64 frames)."""
+    from motiontok.data import write_dataset
+
+    clips = [MotionClip(f"train{i}_subject1", synthetic_qpos(70, seed=i), 30.0, f"train{i}_subject1") for i in range(3)]
+    clips.append(MotionClip(SYNTHETIC_VAL, synthetic_qpos(64, seed=9), 30.0, SYNTHETIC_VAL))
+    return write_dataset(clips, tmp_path_factory.mktemp("data") / "synthetic.h5")

@@ -8,27 +8,38 @@ import pytest
 import torch
 
 from motiontok import MotionTokenizer
-from motiontok.data import fixed_windows, split_train_val, write_dataset
-from motiontok.estimators import QuantizedConfig, QuantizedEstimator
+from motiontok.baselines import QuantizedConfig, QuantizedEstimator
+from motiontok.data import fixed_windows, split_train_val
 from motiontok.evaluation import evaluate_tokenizer
 from motiontok.models import DiscreteVAE
-from motiontok.motion import MotionClip
 from motiontok.nets import TrajectoryNetConfig
 from motiontok.nets.quantizers import bits
 from motiontok.normalizer import RunningNormalizer
 from motiontok.trainer import TrainConfig, train
-from tests.conftest import synthetic_qpos
+from tests.conftest import SYNTHETIC_VAL
 
 TINY = TrajectoryNetConfig(block_size=16, vocab_size=64, embed_dim=16, num_heads=2, num_layers=1)
 KINDS = {"vq": {"commitment": 0.25, "decay": 0.9}, "fsq": {"levels": [4, 4, 4]}}
-VAL = ["val_subject9"]
+VAL = [SYNTHETIC_VAL]
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    clips = [MotionClip(f"train{i}_subject1", synthetic_qpos(70, seed=i), 30.0, f"train{i}_subject1") for i in range(3)]
-    clips.append(MotionClip(VAL[0], synthetic_qpos(64, seed=9), 30.0, VAL[0]))
-    return write_dataset(clips, tmp_path_factory.mktemp("data") / "synthetic.h5")
+def dataset(synthetic_dataset):
+    return synthetic_dataset
+
+
+def _train_and_evaluate(dataset, model, estimator, steps, out):
+    """Validation-free training for ``steps``; metrics on the training windows before and after."""
+    cfg = TrainConfig(
+        steps=steps, batch_size=8, lr=3e-3, warmup_steps=5, eval_every=0, ckpt_every=steps, progress=False
+    )
+    tr, _ = split_train_val(dataset, VAL)
+    norm = RunningNormalizer(127)
+    norm.update(torch.from_numpy(tr.features))
+    windows = fixed_windows(tr, 32, 8)
+    before = evaluate_tokenizer(model, norm, windows, 30.0, robot_metrics=False)
+    train(dataset, model, estimator, cfg, out, VAL)
+    return before, evaluate_tokenizer(model, norm, windows, 30.0, robot_metrics=False), norm, windows
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
@@ -64,14 +75,9 @@ def test_fsq_bit_budget_matches_daps() -> None:
 def test_training_improves_reconstruction_and_tokenizer_round_trips(kind: str, dataset, tmp_path) -> None:
     torch.manual_seed(0)
     model = DiscreteVAE(TINY, kind, quantizer=KINDS[kind])
-    cfg = TrainConfig(steps=150, batch_size=8, lr=3e-3, warmup_steps=5, eval_every=0, ckpt_every=150, progress=False)
-    tr, _ = split_train_val(dataset, VAL)
-    norm = RunningNormalizer(127)
-    norm.update(torch.from_numpy(tr.features))
-    windows = fixed_windows(tr, 32, 8)
-    before = evaluate_tokenizer(model, norm, windows, 30.0, robot_metrics=False)
-    train(dataset, model, QuantizedEstimator(QuantizedConfig(kind)), cfg, tmp_path / kind, VAL)
-    after = evaluate_tokenizer(model, norm, windows, 30.0, robot_metrics=False)
+    before, after, norm, windows = _train_and_evaluate(
+        dataset, model, QuantizedEstimator(QuantizedConfig(kind)), 150, tmp_path / kind
+    )
     assert after["l2"] < before["l2"] - 2.0, (before["l2"], after["l2"])
     assert after["log_p"] == after["log_p_greedy"] and after["kl"] == pytest.approx(16 * math.log(model.num_codes))
     tok = MotionTokenizer.load(tmp_path / kind / "final")
@@ -103,7 +109,7 @@ def test_vq_reports_code_usage() -> None:
 def test_gaussian_vae_kl_matches_the_closed_form_and_trains(dataset, tmp_path) -> None:
     from torch.distributions import Normal, kl_divergence
 
-    from motiontok.estimators import VAEConfig, VAEEstimator
+    from motiontok.baselines import VAEConfig, VAEEstimator
     from motiontok.nets.quantizers import gaussian_kl
 
     mean, log_var = torch.randn(4, 16, 3), torch.randn(4, 16, 3)
@@ -111,13 +117,6 @@ def test_gaussian_vae_kl_matches_the_closed_form_and_trains(dataset, tmp_path) -
     torch.testing.assert_close(gaussian_kl(mean, log_var), expected)
     torch.manual_seed(0)
     model = DiscreteVAE(TINY, "gauss")
-    cfg = TrainConfig(steps=100, batch_size=8, lr=3e-3, warmup_steps=5, eval_every=0, ckpt_every=100, progress=False)
-    tr, _ = split_train_val(dataset, VAL)
-    norm = RunningNormalizer(127)
-    norm.update(torch.from_numpy(tr.features))
-    windows = fixed_windows(tr, 32, 8)
-    before = evaluate_tokenizer(model, norm, windows, 30.0, robot_metrics=False)
-    train(dataset, model, VAEEstimator(VAEConfig()), cfg, tmp_path / "vae", VAL)
-    after = evaluate_tokenizer(model, norm, windows, 30.0, robot_metrics=False)
+    before, after, _, _ = _train_and_evaluate(dataset, model, VAEEstimator(VAEConfig()), 100, tmp_path / "vae")
     assert after["beta_elbo"] > before["beta_elbo"], (before["beta_elbo"], after["beta_elbo"])
     assert after["kl"] > 0 and after["code_usage"] == 0.0  # no discrete codes to count

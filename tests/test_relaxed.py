@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from motiontok.baselines import RelaxedConfig, RelaxedEstimator
 from motiontok.daps import BetaSchedule
-from motiontok.estimators import RelaxedConfig, RelaxedEstimator
 from motiontok.models import DiscreteVAE
 from motiontok.nets import TrajectoryNetConfig
 from motiontok.relaxed import conditional_gumbels, gumbel_noise, relax, relaxed_sample
@@ -101,7 +101,7 @@ def test_temperature_schedule_reaches_the_estimator() -> None:
 
 
 def test_ppo_baseline_reuses_its_samples_for_its_epochs_and_learns() -> None:
-    from motiontok.estimators import PPOConfig, PPOEstimator
+    from motiontok.baselines import PPOConfig, PPOEstimator
 
     torch.manual_seed(0)
     model = DiscreteVAE(TINY, "ar", posterior_init_std=0.5)

@@ -17,24 +17,20 @@ import torch
 from motiontok import MotionTokenizer
 from motiontok.checkpoint import CheckpointError, load_checkpoint, strip_prefix
 from motiontok.daps import BetaSchedule
-from motiontok.data import write_dataset
 from motiontok.estimators import DapsConfig, DapsEstimator
 from motiontok.models import DiscreteVAE
-from motiontok.motion import MotionClip
 from motiontok.nets import TrajectoryNetConfig
 from motiontok.trainer import TrainConfig, adaptive_clip_, lr_factor, train
-from tests.conftest import synthetic_qpos
+from tests.conftest import SYNTHETIC_VAL
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = TrajectoryNetConfig(block_size=16, vocab_size=16, embed_dim=16, num_heads=2, num_layers=1)
-VAL = ["val_subject9"]
+VAL = [SYNTHETIC_VAL]
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    clips = [MotionClip(f"train{i}_subject1", synthetic_qpos(70, seed=i), 30.0, f"train{i}_subject1") for i in range(3)]
-    clips.append(MotionClip(VAL[0], synthetic_qpos(64, seed=9), 30.0, VAL[0]))
-    return write_dataset(clips, tmp_path_factory.mktemp("data") / "synthetic.h5")
+def dataset(synthetic_dataset):
+    return synthetic_dataset
 
 
 def _run(dataset, out, steps, **kw):
