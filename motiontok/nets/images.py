@@ -23,9 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from motiontok.nets.trajectory import VAR_MAX, VAR_MIN
 from motiontok.nets.transformer import TransformerEncoder
-
-VAR_MIN, VAR_MAX = 0.01, 1.0
 
 
 @dataclass(frozen=True)
