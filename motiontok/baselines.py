@@ -14,7 +14,6 @@ from torch import Tensor, nn
 from motiontok.daps import BetaSchedule
 from motiontok.estimators import Estimator, EstimatorOutput
 from motiontok.models import DiscreteVAE
-from motiontok.nets import gaussian_log_prob
 
 
 @dataclass
@@ -41,8 +40,7 @@ class QuantizedEstimator(Estimator):
                 f"the {self.cfg.bottleneck} estimator needs a model built with posterior={self.cfg.bottleneck!r}"
             )
         q = model.quantizer(model.memory(x))  # codes (B, T, H), tokens (B, T)
-        mean, var = model.decoder.forward_embeddings(q.codes)  # (B, L, F), (F,)
-        log_p = gaussian_log_prob(x, mean, var)  # (B,)
+        log_p = model.log_p_embeddings(x, q.codes)  # (B,)
         usage = torch.unique(q.tokens).numel() / model.num_codes
         metrics = {
             "losses/decoder": -log_p.detach().mean(),
@@ -86,8 +84,7 @@ class RelaxedEstimator(Estimator):
             raise ValueError("Gumbel-Softmax estimators need a categorical posterior (posterior=ar or na)")
         tau = self.cfg.tau(step)
         codes, _, logits = relaxed_sample(model.posterior, model.memory(x), tau, self.cfg.rao_blackwell)
-        mean, var = model.decoder(codes)  # (B, L, F): the forward pass decodes the hard codes
-        log_p = gaussian_log_prob(x, mean, var)  # (B,)
+        log_p = model.log_p(x, codes)  # (B,): the forward pass decodes the hard codes
         log_probs = torch.log_softmax(logits, -1)  # (B, T, V)
         V = logits.shape[-1]
         kl = (log_probs.exp() * (log_probs + math.log(V))).sum((-1, -2))  # (B,)
@@ -127,7 +124,7 @@ class VAEEstimator(Estimator):
         if not isinstance(model.quantizer, GaussianBottleneck):
             raise ValueError("the vae estimator needs a model built with posterior='gauss'")
         codes, _, kl = model.quantizer(model.memory(x))  # (B, T, H), _, (B,)
-        log_p = gaussian_log_prob(x, *model.decoder.forward_embeddings(codes))  # (B,)
+        log_p = model.log_p_embeddings(x, codes)  # (B,)
         beta = self.beta(step)
         metrics = {
             "losses/decoder": -log_p.detach().mean(),
@@ -186,7 +183,7 @@ class PPOEstimator(Estimator):
         self._calls += 1
         tokens, old_log_q = self._rollout
         log_q = model.posterior.log_prob(memory, tokens)  # (B*K,)
-        log_p = gaussian_log_prob(x.repeat_interleave(K, 0), *model.decode(tokens))  # (B*K,)
+        log_p = model.log_p(x.repeat_interleave(K, 0), tokens)  # (B*K,)
         beta = self.beta(step)
         value = self.critic(memory.mean(1)).squeeze(-1).repeat_interleave(K)  # (B*K,)
         reward = (log_p - beta * old_log_q).detach()

@@ -17,7 +17,6 @@ from torch import Tensor, nn
 from motiontok import daps
 from motiontok.daps import BetaSchedule
 from motiontok.models import DiscreteVAE
-from motiontok.nets import gaussian_log_prob
 from motiontok.nets.graphs import CudaGraphSampler
 
 
@@ -27,7 +26,8 @@ class EstimatorOutput(NamedTuple):
 
 
 class Estimator(nn.Module):
-    """``forward(model, x, step) -> EstimatorOutput`` for a standardized batch x (B, L, F)."""
+    """``forward(model, x, step) -> EstimatorOutput`` for a model-ready batch x (motion (B, L, F), images
+    (B, C, S, S)); the likelihood is the model's (``DiscreteVAE.log_p``)."""
 
     def forward(self, model: nn.Module, x: Tensor, step: int) -> EstimatorOutput:  # pragma: no cover
         raise NotImplementedError
@@ -95,8 +95,7 @@ class DapsEstimator(Estimator):
         memory = model.memory(x)  # (B, T, H), shared by the K samples of each input (never copied K times)
         tokens = self.sample_codes(model, memory.detach())  # (B*K, T), no gradient
         log_q = model.posterior.log_prob(memory, tokens).view(B, K)  # (B, K)
-        mean, var = model.decoder(tokens)  # (B*K, L, F), (F,)
-        rewards = gaussian_log_prob(x.repeat_interleave(K, dim=0), mean, var).view(B, K)  # (B, K)
+        rewards = model.log_p(x.repeat_interleave(K, dim=0), tokens).view(B, K)  # (B, K)
         beta = self.beta(step)
         if self.cfg.eta_auto and step == 0:
             self.calibrate_eta(rewards.detach(), log_q.detach(), beta)

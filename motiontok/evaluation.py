@@ -1,8 +1,10 @@
-"""Validation metrics of a tokenizer on raw feature windows (paper table 1, plus robot-space errors)."""
+"""Validation metrics of a discrete VAE (paper table 1) on any data, and of a motion tokenizer on raw feature
+windows (plus robot-space errors)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -21,6 +23,67 @@ REFERENCE_VAR = 0.25
 
 
 @torch.no_grad()
+def evaluate_model(
+    model: DiscreteVAE,
+    batches: Iterable[Tensor],
+    beta: float = 1.0,
+    seed: int = 0,
+    fixed_var: float | None = None,
+) -> tuple[dict[str, float], list[Tensor]]:
+    """Table-1 metrics of ``model`` over model-ready batches (motion (b, L, F) standardized, images (b, C, S, S)),
+    and the greedy reconstructions (the likelihood's mean, model units) batch by batch on the model's device:
+
+    * ``log_p``: mean log p(x|z) with z ~ q(z|x) (one sample per example) under the model's likelihood;
+      ``log_p_greedy`` and ``l2`` (Euclidean norm of x - E[x|z] per example) with the greedy code, ``l2_sample``
+      with the sampled one; with ``fixed_var``, ``log_p_fixed_var``: the greedy code's Gaussian log p under that
+      variance for every element (a function of ``l2`` alone, so models with other or learned variances compare);
+    * ``kl``: KL(q || uniform prior) = log q(z|x) + T log V, estimated with the sample; ``elbo`` = log_p - kl,
+      ``beta_elbo`` = log_p - beta * kl;
+    * ``entropy``: the encoder's per-example entropy (teacher-forced along the sample, summed over positions);
+    * ``code_usage``: distinct greedy codes / V, and ``perplexity`` of their histogram.
+
+    Samples come from a generator seeded with ``seed`` on the model's device: evaluating never draws from (or
+    moves) the global torch RNG that training samples with, and the same model always gives the same figures.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    V = model.num_codes
+    generator = torch.Generator(device).manual_seed(seed)
+    keys = ("log_p", "log_p_greedy", "l2", "l2_sample", "kl", "entropy") + (("log_p_fixed_var",) if fixed_var else ())
+    sums = dict.fromkeys(keys, 0.0)
+    counts = torch.zeros(V, dtype=torch.long)
+    recon, n = [], 0
+    for x in batches:
+        x = x.to(device, torch.float32)
+        z_greedy, z, kl, entropy = _codes(model, model.memory(x), generator)  # (b, T), (b, T), (b,), (b,)
+        params_g, params_s = model.decode(z_greedy), model.decode(z)
+        mean_g, mean_s = model.mean_of(params_g), model.mean_of(params_s)
+        sums["log_p"] += model.log_likelihood(x, params_s).sum().item()
+        sums["log_p_greedy"] += model.log_likelihood(x, params_g).sum().item()
+        if fixed_var:
+            var = torch.full_like(mean_g, fixed_var)
+            sums["log_p_fixed_var"] += gaussian_log_prob(x, mean_g, var).sum().item()
+        sums["l2"] += (x - mean_g).flatten(1).norm(dim=1).sum().item()
+        sums["l2_sample"] += (x - mean_s).flatten(1).norm(dim=1).sum().item()
+        sums["kl"] += kl.sum().item()
+        sums["entropy"] += entropy.sum().item()
+        if not z_greedy.is_floating_point():  # discrete codes (the Gaussian VAE has none)
+            counts += torch.bincount(z_greedy.flatten().cpu(), minlength=V)
+        recon.append(mean_g)
+        n += len(x)
+    out = {k: v / max(n, 1) for k, v in sums.items()}
+    out["elbo"] = out["log_p"] - out["kl"]
+    out["beta_elbo"] = out["log_p"] - beta * out["kl"]
+    out["beta"] = beta
+    p = counts.double() / counts.sum().clamp(min=1)
+    out["code_usage"] = (counts > 0).sum().item() / V
+    out["perplexity"] = math.exp(-(p[p > 0] * p[p > 0].log()).sum().item())
+    out["windows"] = n
+    model.train(was_training)
+    return out, recon
+
+
 def evaluate_tokenizer(
     model: DiscreteVAE,
     normalizer: RunningNormalizer,
@@ -31,58 +94,19 @@ def evaluate_tokenizer(
     robot_metrics: bool = True,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Metrics over raw windows (W, L, F):
-
-    * ``log_p``: mean log p(x|z) with z ~ q(z|x) (one sample per window), standardized units, under the model's
-      variance; ``log_p_fixed_var``: the same under the variance ``REFERENCE_VAR`` for every feature, so that
-      models with other (or learned) variances compare (with the greedy code: a function of ``l2`` alone);
-    * ``log_p_greedy`` and ``l2`` (Euclidean norm of x - x_hat per window, standardized) with the greedy code,
-      ``l2_sample`` with the sampled one;
-    * ``kl``: KL(q || uniform prior) = log q(z|x) + T log V, estimated with the sample; ``elbo`` = log_p - kl,
-      ``beta_elbo`` = log_p - beta * kl;
-    * ``entropy``: the encoder's per-window entropy (teacher-forced along the sample, summed over positions);
-    * ``code_usage``: distinct greedy codes / V, and ``perplexity`` of their histogram;
-    * ``mpjpe_mm``: key-point error (mm) between the robot posed by the decoded and by the true features
-      (``qpos_from_features`` then forward kinematics, both anchored at the origin), ``joint_rmse_deg``.
-
-    Samples come from a generator seeded with ``seed`` on the model's device: evaluating never draws from (or
-    moves) the global torch RNG that training samples with, and the same model always gives the same figures.
-    """
-    was_training = model.training
-    model.eval()
+    """:func:`evaluate_model` over raw motion windows (W, L, F) (standardized here), with ``log_p_fixed_var``
+    under ``REFERENCE_VAR`` and, with ``robot_metrics``, the robot-space errors of the reconstruction:
+    ``mpjpe_mm`` (key points of the robot posed by the decoded and by the true features, both anchored at the
+    origin) and ``joint_rmse_deg``."""
     device = next(model.parameters()).device
-    V = model.num_codes
-    generator = torch.Generator(device).manual_seed(seed)
-    sums = {k: 0.0 for k in ("log_p", "log_p_greedy", "log_p_fixed_var", "l2", "l2_sample", "kl", "entropy")}
-    counts = torch.zeros(V, dtype=torch.long)
-    recon = []
-    for start in range(0, len(windows), batch_size):
-        x = normalizer.normalize(windows[start : start + batch_size].to(device, torch.float32))  # (b, L, F)
-        z_greedy, z, kl, entropy = _codes(model, model.memory(x), generator)  # (b, T), (b, T), (b,), (b,)
-        mean_g, var = model.decode(z_greedy)  # (b, L, F), (F,)
-        mean_s, _ = model.decode(z)
-        sums["log_p"] += gaussian_log_prob(x, mean_s, var).sum().item()
-        sums["log_p_greedy"] += gaussian_log_prob(x, mean_g, var).sum().item()
-        sums["log_p_fixed_var"] += gaussian_log_prob(x, mean_g, torch.full_like(var, REFERENCE_VAR)).sum().item()
-        sums["l2"] += (x - mean_g).flatten(1).norm(dim=1).sum().item()
-        sums["l2_sample"] += (x - mean_s).flatten(1).norm(dim=1).sum().item()
-        sums["kl"] += kl.sum().item()
-        sums["entropy"] += entropy.sum().item()
-        if not z_greedy.is_floating_point():  # discrete codes (the Gaussian VAE has none)
-            counts += torch.bincount(z_greedy.flatten().cpu(), minlength=V)
-        recon.append(normalizer.denormalize(mean_g).double().cpu())
-    n = len(windows)
-    out = {k: v / n for k, v in sums.items()}
-    out["elbo"] = out["log_p"] - out["kl"]
-    out["beta_elbo"] = out["log_p"] - beta * out["kl"]
-    out["beta"] = beta
-    p = counts.double() / counts.sum()
-    out["code_usage"] = (counts > 0).sum().item() / V
-    out["perplexity"] = math.exp(-(p[p > 0] * p[p > 0].log()).sum().item())
-    out["windows"] = n
+    batches = (
+        normalizer.normalize(windows[i : i + batch_size].to(device, torch.float32))
+        for i in range(0, len(windows), batch_size)
+    )  # (b, L, F)
+    out, recon = evaluate_model(model, batches, beta, seed, fixed_var=REFERENCE_VAR)
     if robot_metrics:
-        out |= robot_space_errors(torch.cat(recon).numpy(), windows.double().cpu().numpy(), fps)
-    model.train(was_training)
+        pred = torch.cat([normalizer.denormalize(r).double().cpu() for r in recon]).numpy()
+        out |= robot_space_errors(pred, windows.double().cpu().numpy(), fps)
     return out
 
 

@@ -6,8 +6,8 @@ A relaxed code is ``y = onehot(z) + soft - sg(soft)``: the forward pass sees the
 GR-MCK replaces ``soft`` by its average over K noises drawn from the Gumbel distribution *conditioned* on the same
 argmax z (:func:`conditional_gumbels`), a lower-variance gradient with the same forward value. With an
 autoregressive posterior the T positions are drawn one after the other and position t reads the relaxed codes of
-positions < t, so the gradient flows back through the whole sampling sequence (T teacher-forced passes: the cost
-the paper names for these methods).
+positions < t, so the gradient flows back through the whole sampling sequence (back-propagation through T
+decoding steps: the cost the paper names for these methods; one cached step per position here).
 """
 
 from __future__ import annotations
@@ -61,14 +61,13 @@ def relaxed_sample(
         return codes, tokens, logits
     if not isinstance(posterior, ARPosterior):
         raise TypeError(f"no relaxed sampling for {type(posterior).__name__}")
-    B, T, V = memory.shape[0], posterior.block_size, posterior.vocab_size
-    codes, tokens, logits = [], [], []
-    placeholder = memory.new_zeros(B, 1, V)  # position t's own code is not read when predicting t
-    for t in range(T):
-        prefix = torch.cat([*(c.unsqueeze(1) for c in codes), placeholder], dim=1)  # (B, t+1, V)
-        lg = posterior.logits_soft(memory, prefix)[:, t]  # (B, V)
-        code, tok = relax(lg, tau, rao_blackwell, generator)
+    codes, tokens = [], []
+
+    def draw(logits: Tensor) -> Tensor:  # (B, V) -> the relaxed code that later positions read
+        code, tok = relax(logits, tau, rao_blackwell, generator)
         codes.append(code)
         tokens.append(tok)
-        logits.append(lg)
-    return torch.stack(codes, 1), torch.stack(tokens, 1), torch.stack(logits, 1)
+        return code
+
+    logits = posterior.decode_relaxed(memory, draw)  # (B, T, V)
+    return torch.stack(codes, 1), torch.stack(tokens, 1), logits

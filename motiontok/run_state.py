@@ -7,24 +7,25 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from motiontok.checkpoint import load_checkpoint, save_checkpoint, strip_prefix, write_text_atomic
-from motiontok.data import WindowSampler
+from motiontok.checkpoint import load_checkpoint, save_checkpoint, write_text_atomic
 from motiontok.errors import CheckpointError
-from motiontok.normalizer import RunningNormalizer
-from motiontok.tokenizer import tokenizer_config
+
+if TYPE_CHECKING:
+    from motiontok.datamodules import DataModule
 
 
-def rng_states(sampler: WindowSampler, distributed: bool, world: int) -> list[dict[str, Tensor | None]]:
-    """The random streams of every rank (batch sampler, torch CPU and CUDA), rank order; collective if distributed.
-    Saved with a checkpoint so that a resumed run, on any number of ranks it had, draws what it would have drawn."""
+def rng_states(generator: torch.Generator, distributed: bool, world: int) -> list[dict[str, Tensor | None]]:
+    """The random streams of every rank (the data module's batch stream, torch CPU and CUDA), rank order;
+    collective if distributed. Saved with a checkpoint so that a resumed run, on any number of ranks it had,
+    draws what it would have drawn."""
     mine = {
-        "sampler": sampler.generator.get_state(),
+        "sampler": generator.get_state(),
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
     }
@@ -52,14 +53,14 @@ def save_state(
     objective: nn.Module,
     optimizer: torch.optim.Optimizer,
     rng: list[dict[str, Tensor | None]],
-    normalizer: RunningNormalizer,
-    fps: float,
+    data: DataModule,
     records: dict[str, Any],
     keep: int,
     seconds: float,
 ) -> None:
-    tensors = dict(objective.state_dict())  # model.* and estimator.*
-    tensors |= {f"normalizer.{k}": v for k, v in normalizer.state_dict().items()}
+    """Write checkpoint ``step_XXXXXXX`` (weights, the data module's statistics, config, trainer state), point
+    ``latest`` at it, and delete all but the ``keep`` newest."""
+    tensors = dict(objective.state_dict()) | data.state_tensors()  # model.*, estimator.*, the data's statistics
     state = {
         "step": step,
         "elapsed_s": seconds,
@@ -67,7 +68,7 @@ def save_state(
         "rng": rng,  # one entry per rank
     }
     name = f"step_{step:07d}"
-    config = tokenizer_config(objective.model, fps, **records, step=step, train_seconds=round(seconds, 1))
+    config = data.checkpoint_config(objective.model, **records, step=step, train_seconds=round(seconds, 1))
     save_checkpoint(root / name, tensors, config, state)
     write_text_atomic(root / "latest", name + "\n")
     old = sorted(p for p in root.glob("step_*") if p.is_dir() and p.name != name)
@@ -79,7 +80,7 @@ def load_objective(objective: nn.Module, tensors: dict[str, Tensor], estimator_o
     """The model and estimator weights of a checkpoint's tensors (``model.*``, ``estimator.*``, as saved).
     ``estimator_optional``: a tokenizer directory (``final/``, a shipped tokenizer) has no estimator state; the
     estimator then keeps its initial values."""
-    state = {k: v for k, v in tensors.items() if not k.startswith("normalizer.")}
+    state = {k: v for k, v in tensors.items() if k.startswith(("model.", "estimator."))}
     missing, unexpected = objective.load_state_dict(state, strict=False)
     missing = [k for k in missing if not (estimator_optional and k.startswith("estimator."))]
     if missing or unexpected:
@@ -105,8 +106,7 @@ def resume(
     path: Path,
     objective: nn.Module,
     optimizer: torch.optim.Optimizer,
-    sampler: WindowSampler,
-    normalizer: RunningNormalizer,
+    data: DataModule,
     rank: int,
     device: torch.device,
 ) -> tuple[int, float]:
@@ -114,18 +114,18 @@ def resume(
     tensors, _, state = load_checkpoint(path, map_location="cpu", trainer_state=True)
     try:
         load_objective(objective, tensors)
-        normalizer.load_state_dict(strip_prefix(tensors, "normalizer."))
+        data.load_state_tensors(tensors)
         optimizer.load_state_dict(state["optimizer"])
     except (RuntimeError, KeyError, ValueError) as err:
         raise CheckpointError(f"{path}: cannot resume this run from it ({err})") from None
     rng = state.get("rng", [])
     if rank < len(rng):  # this rank's own streams: the resumed run draws what the uninterrupted one would have
-        sampler.generator.set_state(rng[rank]["sampler"])
+        data.generator.set_state(rng[rank]["sampler"])
         torch.set_rng_state(rng[rank]["torch"])
         if rng[rank]["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state(rng[rank]["cuda"])
     else:  # a rank the saved run did not have: streams derived from the step (reproducible, not identical)
-        sampler.generator.manual_seed(int(state["step"]) * 7919 + rank)
+        data.generator.manual_seed(int(state["step"]) * 7919 + rank)
         torch.manual_seed(int(state["step"]) * 7919 + rank)
     objective.to(device)
     return int(state["step"]), float(state.get("elapsed_s", 0.0))

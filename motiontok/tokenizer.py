@@ -8,7 +8,6 @@ windows_hat = tok.decode(tokens)             # (B, 64) -> (B, 32, 127) raw featu
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,9 +18,9 @@ from torch import Tensor, nn
 from motiontok import features as feat
 from motiontok.checkpoint import load_checkpoint, save_checkpoint, strip_prefix
 from motiontok.errors import CheckpointError
-from motiontok.models import DiscreteVAE
+from motiontok.models import DiscreteVAE, build_model, model_record
 from motiontok.motion import MotionClip
-from motiontok.nets import ARPosterior, TrajectoryNetConfig
+from motiontok.nets import ARPosterior
 from motiontok.normalizer import RunningNormalizer
 from motiontok.paths import asset_dir
 
@@ -43,9 +42,7 @@ def tokenizer_config(model: DiscreteVAE, fps: float, **extra: Any) -> dict[str, 
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "feature_layout": feat.FEATURE_LAYOUT,
-        "net": dataclasses.asdict(model.cfg),
-        "posterior": model.posterior_kind,
-        "quantizer": model.quantizer_kwargs,
+        **model_record(model),
         "fps": fps,
         **extra,
     }
@@ -216,9 +213,10 @@ class MotionTokenizer(nn.Module):
                 f"{path}: trained on feature layout {config.get('feature_layout')!r}, this motiontok computes "
                 f"{feat.FEATURE_LAYOUT!r}; retrain it or use a matching motiontok release"
             )
+        if config.get("network", "trajectory") != "trajectory":
+            raise CheckpointError(f"{path}: a {config['network']!r} model, not a motion tokenizer")
         try:
-            net = TrajectoryNetConfig(**config["net"])
-            model = DiscreteVAE(net, config.get("posterior", "ar"), quantizer=config.get("quantizer"))
+            model = build_model(config)
             normalizer = RunningNormalizer(model.cfg.feature_dim)
             model.load_state_dict(strip_prefix(tensors, "model."))
             normalizer.load_state_dict(strip_prefix(tensors, "normalizer."))

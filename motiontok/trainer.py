@@ -1,9 +1,11 @@
-"""Tokenizer training loop: one process, or several under ``torchrun`` with DistributedDataParallel.
+"""The training loop of every estimator on every dataset: one process, or several under ``torchrun`` with
+DistributedDataParallel. The dataset comes as a data module (``motiontok.datamodules``: batches, statistics,
+evaluation and export callbacks), the loss from the estimator, the likelihood from the model.
 
 Checkpoints (``motiontok.run_state``: ``out_dir/checkpoints/step_XXXXXXX/``, pointer file ``latest``) hold the
-weights, normalizer and estimator state in safetensors, the config in JSON, and the optimizer, step and every
-rank's RNG states; a run started again with the same ``out_dir`` resumes from ``latest`` and draws exactly the
-batches and samples it would have drawn.
+weights, the data's statistics and the estimator state in safetensors, the config in JSON, and the optimizer,
+step and every rank's RNG states; a run started again with the same ``out_dir`` resumes from ``latest`` and draws
+exactly the batches and samples it would have drawn.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import os
 import platform
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,13 +26,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from motiontok.data import WindowSampler, fixed_windows, split_train_val
+from motiontok.datamodules import DataModule
 from motiontok.estimators import Estimator
-from motiontok.evaluation import evaluate_tokenizer
 from motiontok.models import DiscreteVAE
-from motiontok.normalizer import RunningNormalizer
 from motiontok.run_state import check_replicas, init_from, resume, rng_states, save_state
-from motiontok.tokenizer import MotionTokenizer
 
 
 @dataclass
@@ -207,8 +206,8 @@ def adaptive_clip_(params: Sequence[nn.Parameter], clipping: float, eps: float =
         if p.grad is None:
             continue
         dims = tuple(range(1, p.ndim)) if p.ndim > 1 else tuple(range(p.ndim))
-        g_norm = p.grad.norm(dim=dims, keepdim=True)  # (rows, 1, ...) or ()
-        max_norm = clipping * p.detach().norm(dim=dims, keepdim=True).clamp(min=eps)
+        g_norm = torch.linalg.vector_norm(p.grad, dim=dims, keepdim=True)  # (rows, 1, ...) or (); any ndim
+        max_norm = clipping * torch.linalg.vector_norm(p.detach(), dim=dims, keepdim=True).clamp(min=eps)
         p.grad.mul_((max_norm / g_norm.clamp(min=1e-6)).clamp(max=1.0))
         total = total.to(g_norm.device) + g_norm.square().sum()
     return total.sqrt()
@@ -247,139 +246,194 @@ class _Stop:
         self.requested = True
 
 
+EvaluateFn = Callable[[DiscreteVAE, float, "int | None"], dict[str, float]]
+"""``evaluate(model, beta, limit)``: validation metrics on the first ``limit`` examples (all when None)."""
+ExportFn = Callable[..., None]
+"""``export(model, path, **records)``: write the finished model for its users."""
+
+
 def train(
-    data_path: str | Path,
     model: DiscreteVAE,
     estimator: Estimator,
+    data: DataModule,
     cfg: TrainConfig,
     out_dir: str | Path,
-    val_files: Sequence[str],
     records: dict[str, Any] | None = None,
+    evaluate: EvaluateFn | None = None,
+    export: ExportFn | None = None,
 ) -> dict[str, float]:
-    """Train ``model`` with ``estimator`` on the windows of ``data_path``; returns the final validation metrics
-    (empty without validation files). ``records`` (e.g. the resolved config) is stored in every checkpoint."""
-    check_train_config(cfg)
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    rank, world = 0, 1
-    device = resolve_device(cfg.device)
-    if distributed:
-        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if cfg.num_threads > 0:
-        torch.set_num_threads(cfg.num_threads)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
-    main = rank == 0
-    out_dir = Path(out_dir)
-    ckpt_root = out_dir / "checkpoints"
+    """Train ``model`` with ``estimator`` on batches of ``data``; returns the final validation metrics (empty
+    without validation data). ``evaluate`` and ``export`` default to the data module's own; ``records`` (e.g. the
+    resolved config) are stored in every checkpoint and in the export."""
+    return Trainer(model, estimator, data, cfg, out_dir, records, evaluate, export).run()
 
-    train_set, val_set = split_train_val(data_path, val_files)
-    normalizer = RunningNormalizer(train_set.features.shape[1])
-    normalizer.update(torch.from_numpy(train_set.features))
-    sampler = WindowSampler(train_set, model.cfg.length, seed=cfg.seed + 1000 * rank)
-    val_windows = fixed_windows(val_set, model.cfg.length) if val_set is not None else None
 
-    torch.manual_seed(cfg.seed + 1000 * rank)
-    model.to(device)
-    estimator.to(device)
-    normalizer.to(device)
-    objective = Objective(model, estimator)
-    optimizer = make_optimizer(objective, cfg)
-    step, elapsed = 0, 0.0
-    resuming = (ckpt_root / "latest").is_file()
-    init_record = init_from(Path(cfg.init_from), objective, load=not resuming) if cfg.init_from else None
-    if resuming:
-        latest = ckpt_root / (ckpt_root / "latest").read_text().strip()
-        step, elapsed = resume(latest, objective, optimizer, sampler, normalizer, rank, device)
-    if distributed:
-        for p in objective.parameters():  # identical start on every rank (rank 0's weights)
-            dist.broadcast(p.data, src=0)
-    runner = nn.parallel.DistributedDataParallel(objective) if distributed else objective
+class Trainer:
+    """One training run in named steps: :meth:`setup` (devices, processes, optimizer), :meth:`restore` (resume or
+    a second stage), :meth:`step`, :meth:`evaluate`, :meth:`checkpoint`, :meth:`finalize` (final evaluation and
+    export); :meth:`run` strings them together."""
 
-    writer = None
-    if main:
-        from torch.utils.tensorboard import SummaryWriter
+    def __init__(
+        self,
+        model: DiscreteVAE,
+        estimator: Estimator,
+        data: DataModule,
+        cfg: TrainConfig,
+        out_dir: str | Path,
+        records: dict[str, Any] | None = None,
+        evaluate: EvaluateFn | None = None,
+        export: ExportFn | None = None,
+    ) -> None:
+        check_train_config(cfg)
+        self.model, self.estimator, self.data, self.cfg = model, estimator, data, cfg
+        self.out_dir = Path(out_dir)
+        self.ckpt_root = self.out_dir / "checkpoints"
+        self._evaluate = evaluate or data.evaluate
+        self._export = export or data.export
+        self.records = dict(records or {})
+        self.step_count, self.elapsed = 0, 0.0
+        self.metrics: dict[str, Tensor] = {}
 
-        writer = SummaryWriter(str(out_dir / "tb"))
-    bar = None
-    if main and cfg.progress:
-        from tqdm import tqdm
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        """Processes and devices, the data stream, the optimizer; TensorBoard and the progress bar on rank 0."""
+        cfg = self.cfg
+        self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        self.rank, self.world = 0, 1
+        self.device = resolve_device(cfg.device)
+        if self.distributed:
+            self.rank, self.world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+            if self.device.type == "cuda":
+                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+                torch.cuda.set_device(self.device)
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        if cfg.num_threads > 0:
+            torch.set_num_threads(cfg.num_threads)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
+        self.main = self.rank == 0
+        self.data.setup(cfg.seed + 1000 * self.rank, self.device)
+        torch.manual_seed(cfg.seed + 1000 * self.rank)
+        self.model.to(self.device)
+        self.estimator.to(self.device)
+        self.objective = Objective(self.model, self.estimator)
+        self.optimizer = make_optimizer(self.objective, cfg)
+        self.restore()
+        if self.distributed:
+            for p in self.objective.parameters():  # identical start on every rank (rank 0's weights)
+                dist.broadcast(p.data, src=0)
+        self.runner = nn.parallel.DistributedDataParallel(self.objective) if self.distributed else self.objective
+        self.writer, self.bar = None, None
+        if self.main:
+            from torch.utils.tensorboard import SummaryWriter
 
-        bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
-    records = dict(records or {}, train=dataclasses.asdict(cfg), world_size=world, machine=machine_info(device))
-    if init_record is not None:
-        records["init_from"] = init_record
-    t_start = time.monotonic()
+            self.writer = SummaryWriter(str(self.out_dir / "tb"))
+            if cfg.progress:
+                from tqdm import tqdm
 
-    def checkpoint() -> None:
-        rng = rng_states(sampler, distributed, world)  # every rank's streams (a collective call)
-        check_replicas(objective, distributed, world)
-        if main:
-            seconds = elapsed + time.monotonic() - t_start
-            fps, keep = train_set.fps, cfg.keep_checkpoints
-            save_state(ckpt_root, step, objective, optimizer, rng, normalizer, fps, records, keep, seconds)
-        if distributed:
+                self.bar = tqdm(total=cfg.steps, initial=self.step_count, desc="train", unit="step", dynamic_ncols=True)
+        self.records |= {"train": dataclasses.asdict(cfg), "world_size": self.world}
+        self.records["machine"] = machine_info(self.device)
+        self.t_start = time.monotonic()
+
+    def restore(self) -> None:
+        """Resume from ``out_dir/checkpoints/latest`` if there is one; else, with ``init_from``, load its weights."""
+        resuming = (self.ckpt_root / "latest").is_file()
+        if self.cfg.init_from:
+            self.records["init_from"] = init_from(Path(self.cfg.init_from), self.objective, load=not resuming)
+        if resuming:
+            latest = self.ckpt_root / (self.ckpt_root / "latest").read_text().strip()
+            self.step_count, self.elapsed = resume(
+                latest, self.objective, self.optimizer, self.data, self.rank, self.device
+            )
+
+    # ------------------------------------------------------------------ the loop
+    def step(self) -> None:
+        """One batch: the schedules' learning rates, then ``estimator.updates_per_batch`` optimizer steps on it."""
+        cfg, step = self.cfg, self.step_count
+        for g in self.optimizer.param_groups:
+            g["lr"] = g["base_lr"] * (1.0 if g.get("fixed") else lr_factor(step, cfg))
+        x = self.data.sample(cfg.batch_size)  # model-ready batch on the device
+        for _ in range(self.estimator.updates_per_batch):  # 1, or several epochs over one batch (PPO baseline)
+            loss, self.metrics = self.runner(x, step)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = clip_gradients(self.model, cfg)
+            if grad_norm is not None:
+                self.metrics["charts/grad_norm"] = grad_norm.detach()
+            self.optimizer.step()
+        self.step_count += 1
+
+    def evaluate(self, limit: int | None) -> dict[str, float]:
+        """The evaluation callback at the current step's beta (rank 0 only)."""
+        return self._evaluate(self.model, self.estimator.beta(self.step_count), limit)
+
+    def checkpoint(self) -> None:
+        """Save a resumable checkpoint (a collective call under DDP: every rank's streams, the replica check)."""
+        rng = rng_states(self.data.generator, self.distributed, self.world)
+        check_replicas(self.objective, self.distributed, self.world)
+        if self.main:
+            seconds = self.elapsed + time.monotonic() - self.t_start
+            keep = self.cfg.keep_checkpoints
+            save_state(self.ckpt_root, self.step_count, self.objective, self.optimizer, rng, self.data, self.records,
+                       keep, seconds)  # fmt: skip
+        if self.distributed:
             dist.barrier()
 
-    def evaluate(windows: Tensor, robot_metrics: bool) -> dict[str, float]:
-        beta = estimator.beta(step)
-        return evaluate_tokenizer(model, normalizer, windows, train_set.fps, beta, robot_metrics=robot_metrics)
+    def should_stop(self, stop: _Stop) -> bool:
+        """A signal or ``max_minutes``; under DDP every rank agrees to stop at the same step."""
+        out_of_time = self.cfg.max_minutes > 0 and (time.monotonic() - self.t_start) > 60 * self.cfg.max_minutes
+        if not self.distributed:
+            return stop.requested or out_of_time
+        flag = torch.tensor([float(stop.requested or out_of_time)], device=self.device)
+        dist.all_reduce(flag)
+        return bool(flag.item() > 0)
 
-    metrics: dict[str, Tensor] = {}
-    last_ckpt = step
-    with _Stop() as stop:
-        while step < cfg.steps:
-            for g in optimizer.param_groups:
-                g["lr"] = g["base_lr"] * (1.0 if g.get("fixed") else lr_factor(step, cfg))
-            x = normalizer.normalize(sampler.sample(cfg.batch_size).to(device))  # (B, L, F)
-            for _ in range(estimator.updates_per_batch):  # 1, or several epochs over one batch (PPO baseline)
-                loss, metrics = runner(x, step)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = clip_gradients(model, cfg)
-                if grad_norm is not None:
-                    metrics["charts/grad_norm"] = grad_norm.detach()
-                optimizer.step()
-            step += 1
-            if main and step % cfg.log_every == 0:  # reading metrics syncs the device: only every log_every steps
-                _log(writer, bar, metrics, optimizer, step)
-            if bar is not None:
-                bar.update(1)
-            if main and val_windows is not None and cfg.eval_every and step % cfg.eval_every == 0:
-                for k, v in evaluate(val_windows[: cfg.eval_windows], robot_metrics=False).items():
-                    writer.add_scalar(f"val/{k}", v, step)
-            out_of_time = cfg.max_minutes > 0 and (time.monotonic() - t_start) > 60 * cfg.max_minutes
-            if distributed:  # every rank must agree to stop at the same step
-                flag = torch.tensor([float(stop.requested or out_of_time)], device=device)
-                dist.all_reduce(flag)
-                out_of_time = bool(flag.item() > 0)
-            if step % cfg.ckpt_every == 0 or step == cfg.steps or stop.requested or out_of_time:
-                checkpoint()
-                last_ckpt = step
-            if stop.requested or out_of_time:
-                break
-        if last_ckpt != step:
-            checkpoint()
-    if bar is not None:
-        bar.close()
-    final: dict[str, float] = {}
-    if main and step >= cfg.steps:
-        tok = MotionTokenizer(model, normalizer, train_set.fps)
-        if val_windows is not None:
-            final = evaluate(val_windows, robot_metrics=True)
+    def finalize(self) -> dict[str, float]:
+        """After the last step: full evaluation and export to ``out_dir/final`` (rank 0), then close everything."""
+        if self.bar is not None:
+            self.bar.close()
+        final: dict[str, float] = {}
+        if self.main and self.step_count >= self.cfg.steps:
+            final = self.evaluate(None)
             for k, v in final.items():
-                writer.add_scalar(f"val_final/{k}", v, step)
-        seconds = round(elapsed + time.monotonic() - t_start, 1)
-        tok.save(out_dir / "final", **records, step=step, train_seconds=seconds, val_metrics=final)
-    if writer is not None:
-        writer.close()
-    if distributed:
-        dist.barrier()
-        dist.destroy_process_group()
-    return final
+                self.writer.add_scalar(f"val_final/{k}", v, self.step_count)
+            seconds = round(self.elapsed + time.monotonic() - self.t_start, 1)
+            self._export(self.model, self.out_dir / "final", **self.records, step=self.step_count,
+                         train_seconds=seconds, val_metrics=final)  # fmt: skip
+        if self.writer is not None:
+            self.writer.close()
+        if self.distributed:
+            dist.barrier()
+            dist.destroy_process_group()
+        return final
+
+    def run(self) -> dict[str, float]:
+        """setup, then steps with periodic logging, evaluation and checkpoints until ``steps``, a signal or
+        ``max_minutes`` (a checkpoint is always written before leaving), then finalize."""
+        self.setup()
+        cfg = self.cfg
+        last_ckpt = self.step_count
+        with _Stop() as stop:
+            while self.step_count < cfg.steps:
+                self.step()
+                step = self.step_count
+                if self.main and step % cfg.log_every == 0:  # reading metrics syncs the device: only every log_every
+                    _log(self.writer, self.bar, self.metrics, self.optimizer, step)
+                if self.bar is not None:
+                    self.bar.update(1)
+                if self.main and cfg.eval_every and step % cfg.eval_every == 0:
+                    for k, v in self.evaluate(cfg.eval_windows).items():
+                        self.writer.add_scalar(f"val/{k}", v, step)
+                stopping = self.should_stop(stop)
+                if step % cfg.ckpt_every == 0 or step == cfg.steps or stopping:
+                    self.checkpoint()
+                    last_ckpt = step
+                if stopping:
+                    break
+            if last_ckpt != self.step_count:
+                self.checkpoint()
+        return self.finalize()
 
 
 def _log(writer: Any, bar: Any, metrics: dict[str, Tensor], optimizer: torch.optim.Optimizer, step: int) -> None:

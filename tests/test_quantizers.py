@@ -10,6 +10,7 @@ import torch
 from motiontok import MotionTokenizer
 from motiontok.baselines import QuantizedConfig, QuantizedEstimator
 from motiontok.data import fixed_windows, split_train_val
+from motiontok.datamodules import MotionData
 from motiontok.evaluation import evaluate_tokenizer
 from motiontok.models import DiscreteVAE
 from motiontok.nets import TrajectoryNetConfig
@@ -38,7 +39,7 @@ def _train_and_evaluate(dataset, model, estimator, steps, out):
     norm.update(torch.from_numpy(tr.features))
     windows = fixed_windows(tr, 32, 8)
     before = evaluate_tokenizer(model, norm, windows, 30.0, robot_metrics=False)
-    train(dataset, model, estimator, cfg, out, VAL)
+    train(model, estimator, MotionData(dataset, VAL, model.cfg.length), cfg, out)
     return before, evaluate_tokenizer(model, norm, windows, 30.0, robot_metrics=False), norm, windows
 
 

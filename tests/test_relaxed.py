@@ -50,6 +50,43 @@ def test_relaxed_sampling_follows_the_posterior_and_backpropagates(posterior: st
     assert first.grad is not None and first.grad.abs().sum() > 0
 
 
+def _one_pass_per_position(posterior, memory, draw):
+    """Brute force: position t's logits from a whole teacher-forced pass over the relaxed codes before it."""
+    codes, logits = [], []
+    placeholder = memory.new_zeros(memory.shape[0], 1, posterior.vocab_size)  # position t's own code is unread
+    for t in range(posterior.block_size):
+        prefix = torch.cat([*(c.unsqueeze(1) for c in codes), placeholder], dim=1)  # (B, t+1, V)
+        logits.append(posterior.logits_soft(memory, prefix)[:, t])
+        codes.append(draw(logits[-1]))
+    return torch.stack(logits, 1)
+
+
+def test_cached_relaxed_decoding_equals_one_pass_per_position() -> None:
+    """decode_relaxed (one cached step per position, growing cache) gives the logits and the gradients of T
+    teacher-forced passes over the same relaxed codes (GR-MCK draws, same noise)."""
+    torch.manual_seed(0)
+    model = DiscreteVAE(TINY, "ar", posterior_init_std=0.5)
+    x = torch.randn(3, 32, 127)
+    results = []
+    for decode in (model.posterior.decode_relaxed, lambda m, d: _one_pass_per_position(model.posterior, m, d)):
+        model.zero_grad()
+        g, codes = torch.Generator().manual_seed(3), []
+
+        def draw(lg, g=g, codes=codes):
+            codes.append(relax(lg, 0.7, 2, g)[0])
+            return codes[-1]
+
+        logits = decode(model.memory(x), draw)
+        loss = model.decoder(torch.stack(codes, 1))[0].square().sum() + logits.sin().sum()
+        loss.backward()
+        results.append((logits.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    (lg_a, grads_a), (lg_b, grads_b) = results
+    torch.testing.assert_close(lg_a, lg_b, atol=1e-5, rtol=1e-5)
+    assert len(grads_a) == len(grads_b) > 10
+    for a, b in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("rb", [0, 4])
 def test_relaxed_estimator_lowers_its_loss(rb: int) -> None:
     torch.manual_seed(0)

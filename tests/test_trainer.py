@@ -17,6 +17,7 @@ import torch
 from motiontok import MotionTokenizer
 from motiontok.checkpoint import CheckpointError, load_checkpoint, strip_prefix
 from motiontok.daps import BetaSchedule
+from motiontok.datamodules import MotionData
 from motiontok.estimators import DapsConfig, DapsEstimator
 from motiontok.models import DiscreteVAE
 from motiontok.nets import TrajectoryNetConfig
@@ -40,7 +41,7 @@ def _run(dataset, out, steps, **kw):
     settings = dict(steps=8, batch_size=4, warmup_steps=2, eval_every=0, ckpt_every=2, progress=False)
     cfg = TrainConfig(**(settings | dict(keep_checkpoints=10) | kw))
     cfg.steps = steps if steps else cfg.steps
-    return train(dataset, model, est, cfg, out, VAL), model
+    return train(model, est, MotionData(dataset, VAL, model.cfg.length), cfg, out), model
 
 
 def _weights(path):
@@ -83,7 +84,7 @@ def test_init_from_starts_a_second_stage_from_another_runs_weights(dataset, tmp_
     with pytest.raises(CheckpointError, match="cannot start this run"):  # another architecture
         other = DiscreteVAE(TrajectoryNetConfig(block_size=16, vocab_size=8, embed_dim=16, num_heads=2, num_layers=1))
         cfg = TrainConfig(steps=1, batch_size=4, progress=False, eval_every=0, init_from=str(tmp_path / "first"))
-        train(dataset, other, DapsEstimator(DapsConfig(num_samples=4)), cfg, tmp_path / "third", VAL)
+        train(other, DapsEstimator(DapsConfig(num_samples=4)), MotionData(dataset, VAL, 32), cfg, tmp_path / "third")
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         _run(dataset, tmp_path / "fourth", 1, init_from=str(tmp_path / "missing"))
     final = strip_prefix(_weights(tmp_path / "first" / "final"), "model.")  # a tokenizer dir: no estimator state
@@ -128,7 +129,7 @@ def test_training_improves_reconstruction(dataset, tmp_path):
     norm.update(torch.from_numpy(tr.features))
     windows = fixed_windows(tr, 32, 8)
     before = evaluate_tokenizer(model, norm, windows, 30.0, robot_metrics=False)
-    train(dataset, model, est, cfg, tmp_path / "improve", VAL)
+    train(model, est, MotionData(dataset, VAL, model.cfg.length), cfg, tmp_path / "improve")
     after = evaluate_tokenizer(model, norm, windows, 30.0, robot_metrics=False)
     assert after["log_p"] > before["log_p"] + 150, (before["log_p"], after["log_p"])
     assert after["l2"] < before["l2"] - 2.0, (before["l2"], after["l2"])

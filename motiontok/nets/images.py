@@ -2,8 +2,10 @@
 
 * :class:`PatchEncoder` — the recognition model's vision transformer: the image is cut into non-overlapping
   square patches, each flattened and embedded by a linear layer ("patch_ffwd"), positions added, then a
-  transformer encoder; its output (B, P, H) is the memory that a posterior head attends to (cross-attention for
-  the autoregressive methods, directly quantized per patch for VQ methods).
+  transformer encoder; its output is the memory (B, T, H) that a posterior head attends to (cross-attention for
+  the autoregressive methods, directly quantized per position for VQ methods). When the patches are not the T
+  latent positions (MNIST: 16 patches, 8 codes), a linear map over the patch axis resamples P -> T, as the
+  trajectory encoder's convolution resamples frames to positions.
 * :class:`ResNetDecoder` — the generative model for CIFAR-10 / ImageNet: code embeddings (B, T, H) reshaped into a
   square grid, a 3x3 convolution to ``hidden``, residual blocks (batch norm, ReLU), then stride-2 transposed
   convolutions up to the image size; 2C output channels = the mean and, through ``0.01 + 0.99 sigmoid``, a
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from motiontok.nets.trajectory import VAR_MAX, VAR_MIN
+from motiontok.nets.trajectory import VAR_MAX, VAR_MIN, TrajectoryNetConfig
 from motiontok.nets.transformer import TransformerEncoder
 
 
@@ -43,6 +45,21 @@ class ImageNetConfig:
     hidden_dim: int = 64  # ResNet width H_2
     num_res_blocks: int = 2
     mlp_hidden: int = 512  # MNIST decoder
+    memory_skip: bool = True  # the autoregressive posterior adds memory[t] at position t (TrajectoryNetConfig's)
+    init: str = "gpt"  # the posterior's initialisation (TrajectoryNetConfig's)
+    pos_emb: str = "learned"  # the posterior's positions (TrajectoryNetConfig's)
+    dropout: float = 0.0
+
+    def latent_config(self) -> TrajectoryNetConfig:
+        """The sizes the posterior heads read (latent length, vocabulary, width, depth, init), as the
+        trajectory networks' config type that ``ARPosterior`` / ``NAPosterior`` take; its frame fields are
+        unused by the heads (``length`` = ``block_size``, ``feature_dim`` 1)."""
+        return TrajectoryNetConfig(
+            feature_dim=1, length=self.block_size, block_size=self.block_size, vocab_size=self.vocab_size,
+            embed_dim=self.embed_dim, num_heads=self.num_heads, num_layers=self.num_layers,
+            mlp_ratio=self.mlp_ratio, dropout=self.dropout, memory_skip=self.memory_skip, init=self.init,
+            pos_emb=self.pos_emb,
+        )  # fmt: skip
 
     @property
     def patch_size(self) -> int:
@@ -69,7 +86,7 @@ def patchify(images: Tensor, patch: int) -> Tensor:
 
 
 class PatchEncoder(nn.Module):
-    """images (B, C, S, S) -> memory (B, P, H)."""
+    """images (B, C, S, S) -> memory (B, T, H)."""
 
     def __init__(self, cfg: ImageNetConfig):
         super().__init__()
@@ -78,13 +95,16 @@ class PatchEncoder(nn.Module):
         self.embed = nn.Linear(cfg.channels * self.patch**2, cfg.embed_dim)
         self.pos_emb = nn.Parameter(torch.randn(cfg.num_patches, cfg.embed_dim) * 0.02)
         self.encoder = TransformerEncoder(cfg.embed_dim, cfg.num_heads, cfg.num_layers, cfg.mlp_ratio)
+        self.to_latent = nn.Linear(cfg.num_patches, cfg.block_size) if cfg.num_patches != cfg.block_size else None
 
     def forward(self, images: Tensor) -> Tensor:
         s = self.cfg.image_size
         if images.ndim != 4 or images.shape[1:] != (self.cfg.channels, s, s):
             raise ValueError(f"expected images (B, {self.cfg.channels}, {s}, {s}), got {tuple(images.shape)}")
-        h = self.embed(patchify(images, self.patch)) + self.pos_emb  # (B, P, H)
-        return self.encoder(h)
+        h = self.encoder(self.embed(patchify(images, self.patch)) + self.pos_emb)  # (B, P, H)
+        if self.to_latent is not None:
+            h = self.to_latent(h.transpose(1, 2)).transpose(1, 2)  # (B, T, H)
+        return h
 
 
 class _Residual(nn.Module):

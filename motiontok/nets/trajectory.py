@@ -17,6 +17,7 @@ V vocabulary size, H embed_dim.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -71,6 +72,10 @@ class TrajectoryNetConfig:
     ``learned`` (per feature, ``0.01 + 0.99 sigmoid(u)``, starting at ``variance_value``: a gradient everywhere)."""
     variance_value: float = 0.25
     """The constant variance, or the learned variance's initial value (standardized units)."""
+
+    def latent_config(self) -> TrajectoryNetConfig:
+        """The config the posterior heads read (for the trajectory networks: this one)."""
+        return self
 
     def __post_init__(self) -> None:
         for name in ("feature_dim", "length", "block_size", "vocab_size", "embed_dim", "num_heads"):
@@ -298,6 +303,23 @@ class ARPosterior(Posterior):
         h = torch.cat((bos, prev), dim=1) + self.pos_emb[:t]  # (B, t, H)
         h = self.drop(self._skip(h, memory, 0))
         return self.head(self.decoder(h, memory))  # (B, t, V)
+
+    def decode_relaxed(self, memory: Tensor, draw: Callable[[Tensor], Tensor]) -> Tensor:
+        """Autoregressive decoding on relaxed codes, differentiable end to end (the Gumbel-Softmax baselines): the
+        logits (B, V) of each position go to ``draw``, which returns that position's code (B, V) (one-hot or
+        soft), read by the later positions through the embedding table as in :meth:`logits_soft`. One cached
+        decoder step per position (the cache grows out of place so autograd sees every step).
+        memory (B, T, H) -> logits (B, T, V)."""
+        B, T = memory.shape[0], self.block_size
+        cache = self.decoder.new_cache(memory, T, differentiable=True)
+        table = self.tok_emb.weight[: self.vocab_size]  # (V, H)
+        x = self.tok_emb.weight[self.bos].expand(B, 1, -1)  # (B, 1, H): BOS
+        logits = []
+        for t in range(T):
+            h = self.drop(self._skip(x + self.pos_emb[t], memory, t))  # (B, 1, H)
+            logits.append(self.head(self.decoder.step(h, memory, cache)[:, 0]))  # (B, V)
+            x = (draw(logits[-1]) @ table).unsqueeze(1)  # (B, 1, H)
+        return torch.stack(logits, 1)
 
     @torch.no_grad()
     def sample(

@@ -31,6 +31,19 @@ class KVCache:
 
     kv: Tensor | None = None
     length: int = 0
+    grow: bool = False
+    """Self-attention: append out of place (``torch.cat``) instead of writing into a pre-allocated buffer; slower,
+    but autograd can differentiate through the decoding (the relaxed Gumbel-Softmax baselines)."""
+
+    def append(self, kv: Tensor) -> Tensor:
+        """Add keys/values (2, B, nh, Tq, hd) at position ``length``; -> all valid ones (2, B, nh, length, hd)."""
+        t0 = self.length
+        self.length = t0 + kv.shape[3]
+        if self.grow:
+            self.kv = kv if self.kv is None else torch.cat((self.kv, kv), dim=3)
+            return self.kv
+        self.kv.narrow(3, t0, kv.shape[3]).copy_(kv)  # in place: no allocation per step
+        return self.kv.narrow(3, 0, self.length)
 
 
 @dataclass
@@ -134,13 +147,11 @@ class Attention(nn.Module):
             qkv = self.qkv(x).view(B, Tq, 3, nh, hd).permute(2, 0, 3, 1, 4)  # (3, B, nh, Tq, hd)
             q, kv = qkv[0], qkv[1:]  # (B, nh, Tq, hd), (2, B, nh, Tq, hd)
             if cache is not None:
-                if cache.kv is None:
+                if cache.kv is None and not cache.grow:
                     raise ValueError("self-attention cache needs a pre-allocated kv buffer (new_cache)")
                 t0 = cache.length
                 t1 = t0 + Tq
-                cache.kv.narrow(3, t0, Tq).copy_(kv)  # append in place
-                cache.length = t1
-                kv = cache.kv.narrow(3, 0, t1)  # (2, B, nh, t1, hd)
+                kv = cache.append(kv)  # (2, B, nh, t1, hd)
                 if causal and Tq > 1:  # the queries sit at key positions t0 .. t1-1
                     mask = torch.ones(Tq, t1, dtype=torch.bool, device=x.device).tril(diagonal=t0)
                 # Tq == 1: the single query is the newest position and may see every cached key
@@ -254,22 +265,36 @@ class TransformerDecoder(nn.Module):
         return self.ln_f(x)
 
     def new_cache(
-        self, memory: Tensor, max_len: int, batch_size: int | None = None, static: bool = False
+        self,
+        memory: Tensor,
+        max_len: int,
+        batch_size: int | None = None,
+        static: bool = False,
+        differentiable: bool = False,
     ) -> DecoderCache:
         """Cache for decoding up to ``max_len`` positions against ``memory`` (Bc, Tk, C), for ``batch_size``
         sequences (default Bc; a multiple of Bc decodes that many sequences per memory row). ``static``: the
-        steps keep every shape fixed (see :attr:`DecoderCache.causal`).
+        steps keep every shape fixed (see :attr:`DecoderCache.causal`). ``differentiable``: the self-attention
+        keys/values grow out of place (:attr:`KVCache.grow`), so gradients flow through every step.
 
         Self-attention buffers are allocated on the memory's device/dtype; the cross-attention
         keys/values of the memory are computed here, once (so make the cache under the grad mode
         of the steps: a cache made under ``torch.no_grad()`` passes no gradient to them).
         """
+        if static and differentiable:
+            raise ValueError("a static-shape cache writes in place: it cannot be differentiable")
         _, _, C = memory.shape
         B = batch_size or memory.shape[0]
         shape = (2, B, self.num_heads, max_len, C // self.num_heads)
+
+        def self_cache() -> KVCache:
+            if differentiable:
+                return KVCache(grow=True)
+            return KVCache(memory.new_zeros(shape) if static else memory.new_empty(shape))
+
         layers = [
             LayerCache(
-                KVCache(memory.new_zeros(shape) if static else memory.new_empty(shape)),
+                self_cache(),
                 KVCache(block.cross_attn.context_kv(memory).contiguous(), memory.shape[1]),
             )
             for block in self.blocks
@@ -296,10 +321,9 @@ class TransformerDecoder(nn.Module):
             t = sc.length
             qkv = F.linear(F.layer_norm(x, *w.ln_1), *w.qkv)  # (B, 1, 3C)
             qkv = qkv.view(B, 3, nh, 1, hd).transpose(0, 1)  # (3, B, nh, 1, hd); Tq = 1: views only
-            sc.kv.narrow(3, t, 1).copy_(qkv[1:])  # append keys/values at position t
-            sc.length = t + 1
+            valid = sc.append(qkv[1:])  # keys/values of positions 0..t: (2, B, nh, t+1, hd)
             if cache.causal is None:
-                k, v = sc.kv.narrow(3, 0, t + 1).unbind(0)  # (B, nh, t+1, hd)
+                k, v = valid.unbind(0)  # (B, nh, t+1, hd)
                 y = F.scaled_dot_product_attention(qkv[0], k, v)  # (B, nh, 1, hd)
             else:  # static shapes: all T_max positions, the ones after t masked out
                 k, v = sc.kv.unbind(0)  # (B, nh, T_max, hd)
