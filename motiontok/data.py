@@ -19,6 +19,7 @@ attrs               fps, feature_dim, format_version, feature_names, feature_lay
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ import torch
 
 from motiontok import features as feat
 from motiontok.errors import MotionDataError
-from motiontok.motion import MotionClip, forward_kinematics
+from motiontok.motion import MotionClip, forward_kinematics, load_motions
 
 FORMAT_VERSION = 1
 WINDOW = 32
@@ -81,6 +82,22 @@ def write_dataset(clips: Sequence[MotionClip], out: str | Path, progress: bool =
         Path(tmp).unlink(missing_ok=True)
         raise
     return out
+
+
+def ensure_dataset(path: str | Path, source: str | Path | None, fps: float = 30.0) -> Path:
+    """The prepared HDF5 file ``path``, built from the CSV folder (or LocoMuJoCo ``.npz``) ``source`` the first
+    time, and rebuilt from it when it holds features of an older layout."""
+    path = Path(path)
+    stale = path.is_file() and dataset_layout(path) != feat.FEATURE_LAYOUT
+    if path.is_file() and not stale:
+        return path
+    if not source:
+        raise MotionDataError(
+            f"{path}: dataset {'of an older feature layout' if stale else 'not found'}. Prepare it with "
+            "scripts/prepare_lafan.py, or set MOTIONTOK_DATA / data.source to a directory of LAFAN1-H1 CSV files"
+        )
+    print(f"{'rebuilding' if stale else 'preparing'} {path} from {source}", file=sys.stderr)
+    return write_dataset(load_motions(source, fps=fps), path, progress=True)
 
 
 def dataset_layout(path: str | Path) -> str:

@@ -1,4 +1,4 @@
-"""Offscreen side-by-side videos of two H1 qpos trajectories (e.g. reference left, IK playback right).
+"""Offscreen videos of H1 qpos trajectories, side by side (e.g. reference left, IK playback right).
 
 MuJoCo picks its OpenGL backend when ``mujoco`` is first imported, from the ``MUJOCO_GL`` environment
 variable. Headless callers should run ``os.environ.setdefault("MUJOCO_GL", "egl")`` before importing
@@ -13,7 +13,7 @@ import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import mujoco
@@ -40,9 +40,8 @@ def _make_renderer(model: mujoco.MjModel, width: int, height: int, shadows: bool
     return renderer
 
 
-def render_side_by_side(
-    qpos_a: np.ndarray,
-    qpos_b: np.ndarray,
+def render_video(
+    trajectories: Sequence[np.ndarray],
     path: str | Path,
     fps: float,
     *,
@@ -56,24 +55,26 @@ def render_side_by_side(
     shadows: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> int:
-    """Write an mp4 (libx264) with ``qpos_a`` (T, 26) in the left panel and ``qpos_b`` (T', 26) in the right.
+    """Write an mp4 (libx264) with one panel per qpos trajectory (T_i, 26), side by side (e.g. the reference
+    left, its playback right; or a single robot).
 
     ``fps`` is the trajectories' frame rate; every ``round(fps / video_fps)``-th frame is drawn (at least 1),
-    up to ``max_seconds`` of motion. Each panel's camera looks at its own robot's pelvis (height fixed at
-    0.9 m so the floor stays still). ``shadows=False`` also turns off floor reflections: about 7x faster
-    with software EGL (~0.12 s per 320x240 panel on a shared 2-core machine instead of ~0.9 s).
-    Returns the number of video frames written."""
+    up to ``max_seconds`` of motion and the shortest trajectory. Each panel's camera looks at its own robot's
+    pelvis (height fixed at 0.9 m so the floor stays still). ``shadows=False`` also turns off floor
+    reflections: about 7x faster with software EGL (~0.12 s per 320x240 panel on a shared 2-core machine
+    instead of ~0.9 s). Returns the number of video frames written."""
     import imageio.v2 as imageio  # lazy: only needed here
 
-    qpos_a, qpos_b = np.asarray(qpos_a, np.float64), np.asarray(qpos_b, np.float64)
-    for q in (qpos_a, qpos_b):
+    trajectories = [np.asarray(q, np.float64) for q in trajectories]
+    if not trajectories:
+        raise ValueError("render_video needs at least one trajectory")
+    for q in trajectories:
         if q.ndim != 2 or q.shape[1] != robot.NQ:
             raise ValueError(f"qpos must have shape (T, {robot.NQ}), got {q.shape}")
-    n = min(len(qpos_a), len(qpos_b))
+    n = min(len(q) for q in trajectories)
     if max_seconds is not None:
         n = min(n, int(max_seconds * fps) + 1)
     stride = max(1, round(fps / video_fps))
-    frames = range(0, n, stride)
     model = robot.load_model(scene=True)
     data = mujoco.MjData(model)
     path = Path(path)
@@ -85,9 +86,9 @@ def render_side_by_side(
             str(path), fps=fps / stride, codec="libx264", quality=7, macro_block_size=8, pixelformat="yuv420p"
         ) as writer,
     ):
-        for t in frames:
+        for t in range(0, n, stride):
             panels = []
-            for q in (qpos_a, qpos_b):
+            for q in trajectories:
                 data.qpos[:] = q[t]
                 mujoco.mj_forward(model, data)
                 lookat = np.array([q[t, 0], q[t, 1], 0.9])
@@ -103,7 +104,7 @@ def render_side_by_side(
 def render_frame(
     qpos: np.ndarray, width: int = 320, height: int = 240, shadows: bool = False, **camera: float
 ) -> np.ndarray:
-    """One (height, width, 3) uint8 image of a single qpos (26,), same camera as :func:`render_side_by_side`
+    """One (height, width, 3) uint8 image of a single qpos (26,), same camera as :func:`render_video`
     (keywords ``distance``, ``azimuth``, ``elevation``)."""
     model = robot.load_model(scene=True)
     data = mujoco.MjData(model)

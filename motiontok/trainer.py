@@ -95,7 +95,7 @@ class TrainConfig:
     ``init_from`` in this run's config, so the source must stay readable until the run ends."""
 
 
-PROGRESS_KEYS = ("charts/log_p", "charts/ess", "charts/eta", "charts/beta")
+PROGRESS_KEYS = ("charts/log_p", "charts/ess", "charts/eta", "charts/beta", "charts/token_accuracy")
 """Metrics shown on the progress bar when the estimator reports them."""
 
 

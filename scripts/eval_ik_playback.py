@@ -225,14 +225,13 @@ def evaluate(args: argparse.Namespace) -> dict:
         "per_clip": per_clip,
     }
     if args.video is not None and video_pair is not None:
-        from motiontok.render import render_side_by_side
+        from motiontok.render import render_video
 
         ref_q, ik_q, clip_fps = video_pair
         vbar = tqdm(unit="video frame", file=sys.stderr, disable=args.no_progress, desc="video")
         try:
-            result["video_frames"] = render_side_by_side(
-                ref_q,
-                ik_q,
+            result["video_frames"] = render_video(
+                [ref_q, ik_q],
                 args.video,
                 clip_fps,
                 max_seconds=args.video_seconds or None,

@@ -73,10 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     summary["checkpoint"] = str(args.checkpoint)
     summary["num_timesteps"] = config.get("num_timesteps")
     if args.video:
-        from motiontok.render import render_side_by_side
+        from motiontok.render import render_video
 
-        render_side_by_side(
-            result["qpos_robot"], result["qpos_ref"], args.video, cfg.control_hz, max_seconds=args.video_seconds or None
+        render_video(
+            [result["qpos_robot"], result["qpos_ref"]],
+            args.video,
+            cfg.control_hz,
+            max_seconds=args.video_seconds or None,
         )
         summary["video"] = str(args.video)
     if args.json:

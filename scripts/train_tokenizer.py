@@ -16,39 +16,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from pathlib import Path
 
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from motiontok.daps import BetaSchedule
-from motiontok.data import dataset_layout, write_dataset
+from motiontok.data import ensure_dataset
 from motiontok.datamodules import DataModule, ImageData, MotionData
 from motiontok.errors import CheckpointError, MotionDataError
-from motiontok.features import FEATURE_LAYOUT
 from motiontok.image_data import DatasetError
 from motiontok.models import DiscreteVAE
-from motiontok.motion import load_motions
 from motiontok.nets import NETWORKS
 from motiontok.registry import ESTIMATORS
 from motiontok.trainer import TrainConfig, train
-
-
-def ensure_dataset(data: DictConfig) -> Path:
-    """The prepared HDF5 file, built from ``data.source`` the first time, and rebuilt from it when it holds
-    features of an older layout."""
-    path = Path(data.path)
-    stale = path.is_file() and dataset_layout(path) != FEATURE_LAYOUT
-    if path.is_file() and not stale:
-        return path
-    if not data.source:
-        raise MotionDataError(
-            f"{path}: dataset {'of an older feature layout' if stale else 'not found'}. Prepare it with "
-            "scripts/prepare_lafan.py, or set MOTIONTOK_DATA / data.source to a directory of LAFAN1-H1 CSV files"
-        )
-    print(f"{'rebuilding' if stale else 'preparing'} {path} from {data.source}", file=sys.stderr)
-    return write_dataset(load_motions(data.source, fps=data.fps), path, progress=True)
 
 
 def make_data(cfg: DictConfig) -> DataModule:
@@ -57,7 +38,8 @@ def make_data(cfg: DictConfig) -> DataModule:
     if data.get("kind", "motion") == "image":
         return ImageData(data.dataset, data.root, data.image_size, data.get("standardize_images", 2000),
                          data.val_images, data.get("fid_weights"))  # fmt: skip
-    return MotionData(ensure_dataset(data), list(data.val_files), cfg.tokenizer.net.length)
+    path = ensure_dataset(data.path, data.source, data.fps)
+    return MotionData(path, list(data.val_files), cfg.tokenizer.net.length)
 
 
 @hydra.main(config_path="../configs", config_name="train_tokenizer", version_base="1.3")

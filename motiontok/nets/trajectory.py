@@ -164,18 +164,26 @@ def categorical_entropy(logits: Tensor) -> Tensor:
 
 
 def sample_categorical(
-    logits: Tensor, greedy: bool = False, temperature: float = 1.0, generator: torch.Generator | None = None
+    logits: Tensor,
+    greedy: bool = False,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+    top_k: int = 0,
 ) -> Tensor:
     """Draw one code per row: logits (..., V) -> (...) long, argmax if greedy else Gumbel-max.
 
     Gumbel-max: argmax(logits / temperature + G), G = -log(-log U), U ~ Uniform[0, 1) drawn in float32
     from ``generator`` (which must live on the logits' device): equal logits and generator states give
     equal samples, whatever loop the caller runs. (On CPU this is ~2x faster than ``exponential_``.)
+    ``top_k`` > 0 samples among the k largest logits of each row only.
     """
     if greedy:
         return logits.argmax(-1)
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    if 0 < top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]  # (..., 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
     u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float32)
     neg_gumbel = u.log_().neg_().log_()  # log(-log U) = -G; U = 0 gives +inf: never picked
     return (logits.float() / temperature - neg_gumbel).argmax(-1)
@@ -232,10 +240,13 @@ class Posterior(nn.Module):
         use_cache: bool = True,
         num_samples: int = 1,
         static: bool = False,
+        top_k: int = 0,
+        guidance: float = 1.0,
     ) -> Tensor:
         """Draw z ~ q(. | x) (or its greedy mode): memory (B, T, H) -> tokens (B * num_samples, T) long, the
         ``num_samples`` draws of input b in rows b * num_samples .. (b + 1) * num_samples - 1. ``static``: no
-        shape may change between decoding steps (for CUDA-graph capture)."""
+        shape may change between decoding steps (for CUDA-graph capture); ``top_k`` and ``guidance``: see
+        ``ARPosterior.sample``."""
         raise NotImplementedError
 
     def forward(self, memory: Tensor, tokens: Tensor) -> Tensor:
@@ -331,16 +342,23 @@ class ARPosterior(Posterior):
         use_cache: bool = True,
         num_samples: int = 1,
         static: bool = False,
+        top_k: int = 0,
+        guidance: float = 1.0,
     ) -> Tensor:
         """T decoding steps. ``use_cache=False`` re-runs the whole prefix each step (slow reference); ``static``
-        keeps every shape fixed across steps (the same codes, up to float rounding: what a CUDA graph captures)."""
+        keeps every shape fixed across steps (the same codes, up to float rounding: what a CUDA graph captures).
+        ``top_k``: see :func:`sample_categorical`. ``guidance`` w != 1: classifier-free guidance; ``memory`` then
+        holds 2B rows (B conditional, then the same B without the condition), each step draws from
+        uncond + w (cond - uncond) and feeds the code to both halves; -> (B, T)."""
+        if guidance != 1.0:
+            return self._sample_guided(memory, greedy, temperature, generator, top_k, guidance)
         B, T = memory.shape[0] * num_samples, self.block_size
         tokens = torch.empty(B, T, dtype=torch.long, device=memory.device)  # (B, T)
         if not use_cache:
             memory = memory.repeat_interleave(num_samples, dim=0)  # the slow reference copies it
             for t in range(T):
                 logits = self.logits(memory, tokens[:, : t + 1])[:, -1]  # (B, V); z_t itself is unused
-                tokens[:, t] = sample_categorical(logits, greedy, temperature, generator)
+                tokens[:, t] = sample_categorical(logits, greedy, temperature, generator, top_k)
             return tokens
         cache = self.decoder.new_cache(memory, T, B, static)  # cross-attention keys/values computed once here
         tok_table, pos_table = self.tok_emb.weight, self.pos_emb  # (V+1, H), (T, H)
@@ -351,8 +369,25 @@ class ARPosterior(Posterior):
             if self.training and self.drop.p > 0.0:
                 x = self.drop(x)
             h = self.decoder.step(x, memory, cache)  # (B, 1, H)
-            tok = sample_categorical(F.linear(h[:, 0], head_w, head_b), greedy, temperature, generator)
+            tok = sample_categorical(F.linear(h[:, 0], head_w, head_b), greedy, temperature, generator, top_k)
             tokens[:, t] = tok
+        return tokens
+
+    def _sample_guided(
+        self, memory: Tensor, greedy: bool, temperature: float, generator: torch.Generator | None, top_k: int, w: float
+    ) -> Tensor:
+        """Classifier-free guided decoding (see :meth:`sample`): memory (2B, M, H) -> tokens (B, T)."""
+        if memory.shape[0] % 2:
+            raise ValueError("guided sampling needs 2B memory rows: B conditional, then B unconditional")
+        B2, T = memory.shape[0], self.block_size
+        cache = self.decoder.new_cache(memory, T, B2)
+        tokens = torch.empty(B2 // 2, T, dtype=torch.long, device=memory.device)  # (B, T)
+        tok = torch.full((B2,), self.bos, dtype=torch.long, device=memory.device)  # (2B,)
+        for t in range(T):
+            x = self._skip((self.tok_emb(tok) + self.pos_emb[t]).unsqueeze(1), memory, t)  # (2B, 1, H)
+            cond, uncond = self.head(self.decoder.step(x, memory, cache)[:, 0]).chunk(2)  # (B, V) each
+            tokens[:, t] = sample_categorical(uncond + w * (cond - uncond), greedy, temperature, generator, top_k)
+            tok = tokens[:, t].repeat(2)
         return tokens
 
 
@@ -380,9 +415,13 @@ class NAPosterior(Posterior):
         use_cache: bool = True,
         num_samples: int = 1,
         static: bool = False,
+        top_k: int = 0,
+        guidance: float = 1.0,
     ) -> Tensor:
+        if guidance != 1.0:
+            raise ValueError("classifier-free guidance needs the autoregressive posterior")
         logits = self.head(memory).repeat_interleave(num_samples, dim=0)  # (B * S, T, V); static by nature
-        return sample_categorical(logits, greedy, temperature, generator)  # (B * S, T)
+        return sample_categorical(logits, greedy, temperature, generator, top_k)  # (B * S, T)
 
 
 # -----------------------------------------------------------------------------

@@ -1,0 +1,171 @@
+#!/usr/bin/env python
+"""Type a description, and the H1 moves that way: text + a centre-of-mass goal -> the high-level policy plans 64
+tokens per window from the robot's own recent motion -> the tokenizer decodes them -> the motion is played back.
+
+Modes: ``--kinematic`` plays the decoded motion back by inverse kinematics (no physics); without it the low-level
+policy executes the tokens in MuJoCo at 100 Hz (needs assets/checkpoints/lowlevel_h1, not shipped yet: use
+--kinematic).
+
+Examples:
+  python scripts/run_policy.py --text "dance" --kinematic --seconds 20 --json
+  python scripts/run_policy.py --text "walk forward" --speed 1.2 --turn-rate 0.3 --kinematic --video walk.mp4
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # before anything imports mujoco; only used by --video
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_LOWLEVEL = Path(__file__).resolve().parent.parent / "assets" / "checkpoints" / "lowlevel_h1"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Exit status: 0 ok, 2 bad input (unknown text, bad goal, missing or mismatched checkpoint).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--text", required=True, help='what the robot should do, e.g. "dance", "walk forward", "run"')
+    p.add_argument("--speed", type=float, help="COM goal speed in m/s (default: the matched theme's typical speed)")
+    p.add_argument("--turn-rate", type=float, default=0.0, help="COM goal turn rate in rad/s, left > 0 (default 0)")
+    p.add_argument("--seconds", type=float, default=20.0, help="length of the motion (default 20)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--temperature", type=float, default=1.0, help="token sampling temperature; 0 = greedy")
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely codes (0 = all)")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance weight on the text (1 = off)")
+    p.add_argument("--kinematic", action="store_true", help="IK playback of the decoded motion, no physics")
+    p.add_argument("--video", type=Path, metavar="OUT.mp4", help="write a video of the robot (320x240, 15 fps)")
+    p.add_argument("--viewer", action="store_true", help="play the result in MuJoCo's interactive viewer")
+    p.add_argument("--json", action="store_true", help="print one JSON object with the metrics")
+    p.add_argument("--tokenizer", type=Path, help="tokenizer directory (default: the shipped one)")
+    p.add_argument("--highlevel", type=Path, help="high-level policy directory (default: the shipped one)")
+    p.add_argument("--lowlevel", type=Path, default=DEFAULT_LOWLEVEL, help="low-level policy directory")
+    p.add_argument("--text-encoder", type=Path, help="local BERT-family folder (default: all-MiniLM-L6-v2)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    if not math.isfinite(args.seconds) or not 0 < args.seconds <= 600:
+        p.error(f"--seconds must be in (0, 600], got {args.seconds}")
+    if not args.text.strip():
+        p.error("--text is empty: describe a motion, e.g. --text 'dance'")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import numpy as np
+    import torch
+
+    from control.highlevel import load_highlevel, load_theme_classifier
+    from control.runner import Goal, generate
+    from control.text import TextEncoder, ThemeMatcher, UnknownTextError, load_descriptions
+    from motiontok import MotionTokenizer
+    from motiontok.errors import CheckpointError
+
+    torch.set_num_threads(args.threads)
+    try:
+        if not args.kinematic and not (args.lowlevel / "config.json").is_file():
+            raise CheckpointError(
+                f"{args.lowlevel}: no low-level policy there (none is shipped yet); run with --kinematic to play "
+                "the planned motion back by IK, or train one with scripts/train_lowlevel.py and pass --lowlevel"
+            )
+        if not args.kinematic:
+            raise CheckpointError("physics mode is not implemented in this version; run with --kinematic")
+        tokenizer = MotionTokenizer.load(args.tokenizer)
+        policy, config = load_highlevel(args.highlevel, tokenizer)
+        encoder = TextEncoder(args.text_encoder)
+        match = ThemeMatcher(encoder, load_descriptions()).match(args.text)
+        speed = args.speed if args.speed is not None else config.get("theme_speeds", {}).get(match.theme, 0.0)
+        goal = Goal(speed, args.turn_rate)
+    except (CheckpointError, UnknownTextError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    windows = math.ceil(args.seconds * tokenizer.fps / tokenizer.window)
+    bar = None
+    if not args.no_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=windows, desc="planning", unit="window", file=sys.stderr)
+    t0 = time.perf_counter()
+    rollout = generate(
+        tokenizer, policy, encoder.encode([args.text])[0], goal, windows, temperature=args.temperature,
+        top_k=args.top_k, guidance=args.guidance, seed=args.seed, progress=bar.update if bar else None,
+    )  # fmt: skip
+    qpos = playback(rollout.features, tokenizer.fps)
+    wall = time.perf_counter() - t0
+    if bar is not None:
+        bar.close()
+    n = round(args.seconds * tokenizer.fps) + tokenizer.window  # the standing start, then the planned motion
+    qpos, com = qpos[:n], rollout.com[:n]
+    seconds = (len(qpos) - tokenizer.window) / tokenizer.fps
+    clf = load_theme_classifier(args.highlevel)
+    planned = rollout.features[tokenizer.window :]
+    votes = clf.predict(
+        planned[: len(planned) // tokenizer.window * tokenizer.window].reshape(-1, tokenizer.window, 127)
+    )
+    com_speed = np.linalg.norm(np.diff(com[tokenizer.window :, :2], axis=0), axis=1) * tokenizer.fps
+    result = {
+        "text": args.text,
+        "theme_matched": match.theme,
+        "text_similarity": round(match.similarity, 3),
+        "mode": "kinematic",
+        "seconds_simulated": round(seconds, 2),
+        "fell": bool(qpos[-1, 2] < 0.5),
+        "com_goal": {"speed": goal.speed, "turn_rate": goal.turn_rate},
+        "mean_com_speed": round(float(com_speed.mean()), 3),
+        "com_goal_error": round(float(np.mean(rollout.goal_errors)), 3),
+        "realtime_factor": round(seconds / wall, 2),
+        "replans": len(rollout.tokens),
+        "theme_recognised": max(set(votes), key=votes.count),
+        "theme_votes": {t: votes.count(t) for t in sorted(set(votes))},
+    }
+    if args.video:
+        from motiontok.render import render_video
+
+        render_video([qpos], args.video, tokenizer.fps)
+        result["video"] = str(args.video)
+    if args.viewer:
+        show(qpos, tokenizer.fps)
+    print(json.dumps(result) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))
+    return 0
+
+
+def playback(features, fps: float):
+    """IK playback of the planned features (T, 127) -> qpos (T, 26) (``motiontok.ik.playback_features``)."""
+    from motiontok.ik import playback_features
+
+    return playback_features(features, fps)
+
+
+def show(qpos, fps: float) -> None:
+    """Play ``qpos`` (T, 26) in MuJoCo's passive viewer at real time (needs a display)."""
+    if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+        print("note: no display; --viewer skipped (use --video)", file=sys.stderr)
+        return
+    import mujoco
+    import mujoco.viewer
+
+    from motiontok.robot import load_model
+
+    model = load_model(scene=True)
+    data = mujoco.MjData(model)
+    with mujoco.viewer.launch_passive(model, data) as viewer:
+        for q in qpos:
+            if not viewer.is_running():
+                break
+            data.qpos[:] = q
+            mujoco.mj_forward(model, data)
+            viewer.sync()
+            time.sleep(1.0 / fps)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""scripts/run_policy.py: the kinematic main job end to end on a small high-level policy, and its clear refusals."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from control.highlevel import HIGHLEVEL_FORMAT, HighLevelConfig, HighLevelPolicy, config_dict
+from control.runner import Goal
+from control.theme_classifier import ThemeClassifier
+from envs.reference import tokenizer_fingerprint
+from motiontok import MotionTokenizer
+from motiontok.checkpoint import save_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+import run_policy  # noqa: E402
+
+THEMES = ["dance", "walk"]
+
+
+@pytest.fixture(scope="module")
+def highlevel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained, small high-level policy recorded as trained on the shipped tokenizer."""
+    tok = MotionTokenizer.load()
+    torch.manual_seed(0)
+    cfg = HighLevelConfig(embed_dim=32, num_heads=2, encoder_layers=1, decoder_layers=1,
+                          block_size=tok.num_tokens, vocab_size=tok.vocab_size)  # fmt: skip
+    tensors = {f"model.{k}": v for k, v in HighLevelPolicy(cfg).state_dict().items()}
+    tensors |= {f"classifier.{k}": v for k, v in ThemeClassifier(THEMES).state_dict().items()}
+    config = {"format": HIGHLEVEL_FORMAT, "format_version": 1, "net": config_dict(cfg), "themes": THEMES,
+              "tokenizer_fingerprint": tokenizer_fingerprint(tok), "theme_speeds": {"dance": 0.4}}  # fmt: skip
+    return save_checkpoint(tmp_path_factory.mktemp("hl") / "highlevel", tensors, config)
+
+
+def _run(capsys, *args: str) -> tuple[int, str, str]:
+    code = run_policy.main(["--no-progress", *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_kinematic_run_reports_its_metrics(highlevel_dir: Path, capsys) -> None:
+    code, out, err = _run(capsys, "--text", "dance", "--kinematic", "--seconds", "2.5", "--highlevel",
+                          str(highlevel_dir), "--json", "--speed", "0.8", "--turn-rate", "0.2")  # fmt: skip
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["theme_matched"] == "dance" and result["theme_recognised"] in THEMES
+    assert result["seconds_simulated"] == 2.5
+    assert result["replans"] == math.ceil(2.5 * 30 / 32) == 3
+    assert result["com_goal"] == {"speed": 0.8, "turn_rate": 0.2}
+    for key in ("mean_com_speed", "com_goal_error", "realtime_factor"):
+        assert np.isfinite(result[key]) and result[key] >= 0
+    assert isinstance(result["fell"], bool) and sum(result["theme_votes"].values()) == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--text", "bake a chocolate cake", "--kinematic"], "closest"),
+        (["--text", "dance", "--kinematic", "--speed", "nan"], "finite"),
+        (["--text", "dance", "--kinematic", "--speed", "40"], "within"),
+        (["--text", "dance", "--lowlevel", "/nonexistent"], "--kinematic"),
+    ],
+)
+def test_bad_input_is_refused_with_one_clear_line(highlevel_dir: Path, capsys, args: list[str], message: str) -> None:
+    code, _, err = _run(capsys, *args, "--highlevel", str(highlevel_dir), "--seconds", "1")
+    assert code == 2 and err.startswith("error:") and message in err, err
+
+
+def test_missing_or_foreign_checkpoints_are_refused(highlevel_dir: Path, tmp_path: Path, capsys) -> None:
+    code, _, err = _run(capsys, "--text", "dance", "--kinematic", "--highlevel", str(tmp_path / "none"))
+    assert code == 2 and "no such checkpoint" in err
+    tok = MotionTokenizer.load()
+    with torch.no_grad():
+        tok.model.decoder.out.bias.add_(0.5)  # another tokenizer
+    tok.save(tmp_path / "other_tok")
+    code, _, err = _run(capsys, "--text", "dance", "--kinematic", "--highlevel", str(highlevel_dir),
+                        "--tokenizer", str(tmp_path / "other_tok"))  # fmt: skip
+    assert code == 2 and "trained on tokenizer" in err
+
+
+def test_goal_path_turns_at_the_requested_rate() -> None:
+    """The COM goal: constant speed along an arc; brute force by stepping the heading."""
+    goal = Goal(1.5, 0.6)
+    path = goal.path(30.0, height=0.9, n=32)
+    x = y = yaw = 0.0
+    for k in range(32):
+        yaw += 0.6 / 30
+        x, y = x + 1.5 / 30 * math.cos(yaw), y + 1.5 / 30 * math.sin(yaw)
+        np.testing.assert_allclose(path[k], [x, y, 0.9], atol=1e-12)
+    speeds = np.linalg.norm(np.diff(path[:, :2], axis=0), axis=1) * 30
+    np.testing.assert_allclose(speeds, 1.5)
