@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from control.highlevel import HIGHLEVEL_FORMAT, Context, HighLevelPolicy, config_dict
+from control.text import LABELS, TextEncoder, cached_embeddings, load_descriptions
 from control.theme_classifier import ThemeClassifier
 from motiontok.checkpoint import save_checkpoint
 from motiontok.data import MotionDataset, split_train_val
@@ -73,6 +74,15 @@ class TextBank:
         return means[torch.as_tensor(themes)]
 
 
+def text_bank(encoder: TextEncoder, label_text: float) -> tuple[TextBank, list[str]]:
+    """Embeddings of every theme's and every activity label's paraphrases (``assets/descriptions.json``, cached);
+    the theme names."""
+    desc = load_descriptions()
+    themes = [cached_embeddings(encoder, desc.texts(t)) for t in desc.themes]
+    labels = [cached_embeddings(encoder, desc.label_paraphrases(label)) for label in LABELS]
+    return TextBank(themes, labels, label_text), list(desc.themes)
+
+
 class HighLevelData:
     """The trainer's data module for distillation (see the module docstring)."""
 
@@ -86,13 +96,15 @@ class HighLevelData:
         val_files: list[str],
         stride: int = 4,
         progress: bool = True,
+        train: bool = True,
     ) -> None:
         """``label_fn(window (L, 127), fps) -> label index``; ``theme_names``: the theme list the example theme
-        indices refer to (a file's theme: the letters of its name before the take number)."""
+        indices refer to (a file's theme: the letters of its name before the take number). ``train=False`` builds
+        the validation examples only (evaluation)."""
         self.tokenizer, self.text, self.theme_names = tokenizer, text, theme_names
         self.train_set, self.val_set = split_train_val(dataset, val_files)
         self.fps = self.train_set.fps
-        self.train = self._examples(self.train_set, stride, label_fn, progress)
+        self.train = self._examples(self.train_set, stride, label_fn, progress) if train else None
         self.val = self._examples(self.val_set, PAST, label_fn, progress) if self.val_set is not None else None
         self.generator = torch.Generator()
         self.device = torch.device("cpu")

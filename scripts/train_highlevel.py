@@ -16,20 +16,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from control.highlevel import DistillationObjective, HighLevelConfig, HighLevelPolicy
-from control.highlevel_data import HighLevelData, TextBank
-from control.text import LABELS, TextEncoder, cached_embeddings, load_descriptions, window_label
+from control.highlevel_data import HighLevelData, text_bank
+from control.text import LABELS, TextEncoder, window_label
 from motiontok.data import ensure_dataset
 from motiontok.errors import CheckpointError, MotionDataError
 from motiontok.tokenizer import MotionTokenizer
 from motiontok.trainer import TrainConfig, train
-
-
-def text_bank(encoder: TextEncoder, label_text: float) -> tuple[TextBank, list[str]]:
-    """Embeddings of every theme's and every activity label's paraphrases; the theme names."""
-    desc = load_descriptions()
-    themes = [cached_embeddings(encoder, desc.texts(t)) for t in desc.themes]
-    labels = [cached_embeddings(encoder, desc.label_paraphrases(label)) for label in LABELS]
-    return TextBank(themes, labels, label_text), list(desc.themes)
 
 
 @hydra.main(config_path="../configs", config_name="train_highlevel", version_base="1.3")

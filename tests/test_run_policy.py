@@ -96,3 +96,23 @@ def test_goal_path_turns_at_the_requested_rate() -> None:
         np.testing.assert_allclose(path[k], [x, y, 0.9], atol=1e-12)
     speeds = np.linalg.norm(np.diff(path[:, :2], axis=0), axis=1) * 30
     np.testing.assert_allclose(speeds, 1.5)
+
+
+def test_eval_highlevel_reports_chance_level_for_an_untrained_policy(
+    highlevel_dir: Path, real_data_dir, tmp_path: Path, capsys
+) -> None:
+    """An untrained policy: the token NLL is near log V (a per-token mean, not a sum), accuracy near 1/V, every
+    faithfulness figure a share of windows, and the mean is the mean of the themes'."""
+    import eval_highlevel
+
+    code = eval_highlevel.main(["--checkpoint", str(highlevel_dir), "--data", str(real_data_dir), "--json",
+                                "--dataset", str(tmp_path / "lafan.h5"),
+                                "--texts-per-theme", "1", "--windows", "1"])  # fmt: skip
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    result = json.loads(out.out)
+    assert abs(result["token_nll"] - math.log(1024)) < 1.0 and result["token_accuracy"] < 0.02
+    per_theme = result["text_faithfulness_per_theme"]
+    assert set(per_theme) == set(THEMES) and all(v in (0.0, 1.0) for v in per_theme.values())
+    assert result["text_faithfulness"] == pytest.approx(sum(per_theme.values()) / 2, abs=1e-4)
+    assert result["mpjpe_mm"] > 0 and result["com_goal_error_m"] > 0
