@@ -57,6 +57,13 @@ class HighLevelConfig:
     text_dropout: float = 0.1
     """Probability of training with the null text instead (classifier-free guidance at sampling)."""
 
+    def __post_init__(self) -> None:
+        if (self.context_frames, self.com_past, self.com_future) != (32, 32, 32):
+            raise ValueError(
+                "context_frames, com_past and com_future must be 32: the data pipeline and the runner work in "
+                f"windows of 32 frames (got {self.context_frames}, {self.com_past}, {self.com_future})"
+            )
+
     @property
     def memory_length(self) -> int:
         return 1 + self.context_frames + self.com_past + self.com_future
@@ -173,6 +180,8 @@ def load_theme_classifier(path: str | Path | None = None) -> ThemeClassifier:
     """The theme classifier stored beside a high-level policy (see ``HighLevelData.export``)."""
     path = Path(path) if path is not None else asset_dir() / "checkpoints" / "highlevel_h1"
     tensors, config, _ = load_checkpoint(path)
+    if config.get("format") != HIGHLEVEL_FORMAT or "themes" not in config:
+        raise CheckpointError(f"{path}: not a motiontok high-level policy with a theme classifier")
     clf = ThemeClassifier(config["themes"])
     try:
         clf.load_state_dict(strip_prefix(tensors, "classifier."))

@@ -34,8 +34,8 @@ PAST = FUTURE = 32
 
 
 def com_context(com: np.ndarray, qpos_now: np.ndarray) -> np.ndarray:
-    """COM positions (..., K, 3) world -> the current heading frame of ``qpos_now`` (..., 26): x/y relative to the
-    COM's current ground point (``com[..., PAST - 1, :]``), z unchanged (height above the ground)."""
+    """COM positions (..., K, 3), world, K >= PAST -> (..., K, 3) in the heading frame of ``qpos_now`` (..., 26):
+    x/y relative to the COM's current ground point (``com[..., PAST - 1, :]``), z unchanged (height above ground)."""
     heading_t = np.swapaxes(rot_z(heading_of_mat(quat_to_mat(qpos_now[..., 3:7]))), -1, -2)  # (..., 3, 3)
     origin = com[..., PAST - 1 : PAST, :] * np.array([1.0, 1.0, 0.0])  # (..., 1, 3)
     return np.einsum("...ij,...kj->...ki", heading_t, com - origin)
@@ -69,8 +69,9 @@ class TextBank:
         return torch.stack(out)
 
     def theme_mean(self, themes: np.ndarray) -> Tensor:
-        """The mean paraphrase embedding of each example's theme (deterministic evaluation text): (B, D)."""
-        means = torch.stack([e.mean(0) for e in self.themes])
+        """The mean paraphrase embedding of each example's theme, rescaled to unit norm like every encoded text
+        (a deterministic evaluation text): (B, D)."""
+        means = torch.nn.functional.normalize(torch.stack([e.mean(0) for e in self.themes]), dim=-1)  # unit norm
         return means[torch.as_tensor(themes)]
 
 
@@ -145,9 +146,13 @@ class HighLevelData:
         ).astype(np.int64)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy")
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, codes)
-        os.replace(tmp, path)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.save(fh, codes)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
         return codes
 
     # ------------------------------------------------------------------ the trainer's interface
@@ -196,7 +201,7 @@ class HighLevelData:
         """Teacher-forced token NLL and accuracy on the validation windows (text: the mean paraphrase of the
         file's theme); with ``limit`` None also the decoded motion of sampled codes against the true future:
         ``mpjpe_mm``, ``joint_rmse_deg``, and ``com_goal_error_m``."""
-        if self.val is None:
+        if self.val is None or len(self.val.starts) == 0:
             return {}
         was_training = model.training
         model.eval()
@@ -213,25 +218,26 @@ class HighLevelData:
                 preds.append(model.sample(ctx, generator=torch.Generator(self.device).manual_seed(i)).cpu())
         out = {k: v / n for k, v in sums.items()}
         if limit is None:
-            out |= self._motion_errors(torch.cat(preds), np.arange(n))
+            out |= self.motion_errors(self.tokenizer.decode(torch.cat(preds)).double().numpy(), np.arange(n))
         model.train(was_training)
         return out
 
-    def _motion_errors(self, tokens: Tensor, idx: np.ndarray) -> dict[str, float]:
-        """Robot-space error of the decoded codes against the true next windows, and the COM goal error."""
+    def motion_errors(self, pred: np.ndarray, idx: np.ndarray) -> dict[str, float]:
+        """Robot-space error of predicted windows (N, L, F) raw against the true next windows of validation
+        examples ``idx``, and the COM goal error: the mean distance (m) between the predicted and the true COM
+        paths, both from the COM's ground point at the window's first frame, in that frame's heading."""
         from motiontok.features import qpos_from_features
         from motiontok.motion import forward_kinematics
 
         ds, t = self.val_set, self.val.starts[idx]
-        pred = self.tokenizer.decode(tokens).double().numpy()  # (N, L, F) raw
         true = ds.features[t[:, None] + np.arange(FUTURE)].astype(np.float64)
         out = robot_space_errors(pred, true, self.fps)
         errs = []
-        for k, w in enumerate(pred):  # COM of the decoded window against the true future COM, heading frame
-            qpos = qpos_from_features(w, self.fps)  # starts at the origin facing +x
-            com_pred = forward_kinematics(qpos).com - np.array([*qpos[0, :2], 0.0])
-            truth = com_context(ds.com[t[k] + np.arange(-PAST, FUTURE)].astype(np.float64), ds.qpos[t[k] - 1])
-            com_true = truth[PAST:] - np.array([*truth[PAST, :2], 0.0])
+        for k, w in enumerate(pred):  # the decoded window's COM path against the true one, both from frame t
+            com_pred = forward_kinematics(qpos_from_features(w, self.fps)).com  # frame t at the origin, facing +x
+            com_pred -= np.array([*com_pred[0, :2], 0.0])  # from the COM's ground point at frame t
+            rows = t[k] + np.arange(1 - PAST, FUTURE)  # frame t at index PAST - 1, com_context's origin
+            com_true = com_context(ds.com[rows].astype(np.float64), ds.qpos[t[k]])[PAST - 1 : PAST - 1 + FUTURE]
             errs.append(np.linalg.norm(com_pred - com_true, axis=-1).mean())
         out["com_goal_error_m"] = float(np.mean(errs))
         return out

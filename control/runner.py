@@ -98,17 +98,19 @@ def generate(
     start = standing_features(fps)
     qpos = feat.qpos_from_features(start, fps)
     out = Rollout(start, qpos, forward_kinematics(qpos).com)
-    generator = torch.Generator().manual_seed(seed)
+    device = next(policy.parameters()).device
+    generator = torch.Generator(device).manual_seed(seed)
     for _ in range(windows):
         past = out.com[-PAST:]
-        com_past = com_context(np.concatenate((past, past[-1:].repeat(FUTURE, 0))), out.qpos[-1])[:PAST]
+        com = np.concatenate((com_context(past, out.qpos[-1]), goal.path(fps, out.com[-1, 2])))  # (64, 3)
+        pose = tokenizer.normalizer.normalize(torch.from_numpy(out.features[-PAST:]).float().to(tokenizer.device))
         ctx = Context(
-            text=text[None].float(),
-            pose=tokenizer.normalizer.normalize(torch.from_numpy(out.features[-PAST:]).float())[None],
-            com=torch.from_numpy(np.concatenate((com_past, goal.path(fps, out.com[-1, 2])))).float()[None],
+            text=text[None].float().to(device),
+            pose=pose[None].to(device),
+            com=torch.from_numpy(com).float()[None].to(device),
         )
-        tokens = policy.sample(ctx, temperature, top_k, guidance, generator)  # (1, T)
-        window = tokenizer.decode(tokens)[0].double().numpy()  # (L, 127) raw
+        tokens = policy.sample(ctx, temperature, top_k, guidance, generator).cpu()  # (1, T)
+        window = tokenizer.decode(tokens)[0].double().cpu().numpy()  # (L, 127) raw
         q = _continue_root(out.qpos[-1], window, fps)
         com = forward_kinematics(q).com
         realised = com_context(np.concatenate((past, com)), out.qpos[-1])[PAST:]

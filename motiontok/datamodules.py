@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -187,17 +188,25 @@ class ImageData:
         return {"format": IMAGE_FORMAT, "format_version": 1, "dataset": self.name, **model_record(model), **extra}
 
     def evaluate(self, model: DiscreteVAE, beta: float, limit: int | None) -> dict[str, float]:
-        metrics, recon = evaluate_model(model, self.val_batches(limit), beta)
-        if limit is None and self.fid_weights is not None:
-            metrics["fid"] = self.fid(torch.cat(recon))
+        with_fid = limit is None and self.fid_weights is not None
+        metrics, recon = evaluate_model(model, self.val_batches(limit), beta, keep_recon=with_fid)
+        if with_fid:
+            metrics["fid"] = self.fid(recon)
         return metrics
 
-    def fid(self, recon: Tensor) -> float:
-        """FID between reconstructions (model units, (N, 3, S, S)) and the validation images they reconstruct."""
+    def fid(self, recon: list[Tensor], batch_size: int = 256) -> float:
+        """FID between reconstructions (batches (b, 3, S, S) in model units, CPU) and the validation images they
+        reconstruct, Inception features computed batch by batch on the data's device."""
         from motiontok import fid
 
-        real = fid.inception_features(self.to_pixels(self.prepare(self.val[: len(recon)])), self.fid_weights)
-        fake = fid.inception_features(self.to_pixels(recon), self.fid_weights)
+        def features(images: Tensor) -> np.ndarray:  # (b, 3, S, S) model units -> (b, 2048)
+            pixels = self.to_pixels(images.to(self.device))
+            return fid.inception_features(pixels, self.fid_weights, device=str(self.device))
+
+        fake = np.concatenate([features(r) for r in recon])
+        real = np.concatenate(
+            [features(self.prepare(self.val[i : i + batch_size])) for i in range(0, len(fake), batch_size)]
+        )
         return fid.frechet_distance(*fid.activation_statistics(real), *fid.activation_statistics(fake))
 
     def export(self, model: DiscreteVAE, path: Path, **records: Any) -> None:

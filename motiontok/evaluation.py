@@ -29,9 +29,11 @@ def evaluate_model(
     beta: float = 1.0,
     seed: int = 0,
     fixed_var: float | None = None,
+    keep_recon: bool = False,
 ) -> tuple[dict[str, float], list[Tensor]]:
     """Table-1 metrics of ``model`` over model-ready batches (motion (b, L, F) standardized, images (b, C, S, S)),
-    and the greedy reconstructions (the likelihood's mean, model units) batch by batch on the model's device:
+    and, with ``keep_recon``, the greedy reconstructions (the likelihood's mean, model units) batch by batch on the
+    CPU (else an empty list: a full ImageNet validation set would not fit on a GPU):
 
     * ``log_p``: mean log p(x|z) with z ~ q(z|x) (one sample per example) under the model's likelihood;
       ``log_p_greedy`` and ``l2`` (Euclidean norm of x - E[x|z] per example) with the greedy code, ``l2_sample``
@@ -70,7 +72,8 @@ def evaluate_model(
         sums["entropy"] += entropy.sum().item()
         if not z_greedy.is_floating_point():  # discrete codes (the Gaussian VAE has none)
             counts += torch.bincount(z_greedy.flatten().cpu(), minlength=V)
-        recon.append(mean_g)
+        if keep_recon:
+            recon.append(mean_g.cpu())
         n += len(x)
     out = {k: v / max(n, 1) for k, v in sums.items()}
     out["elbo"] = out["log_p"] - out["kl"]
@@ -103,9 +106,9 @@ def evaluate_tokenizer(
         normalizer.normalize(windows[i : i + batch_size].to(device, torch.float32))
         for i in range(0, len(windows), batch_size)
     )  # (b, L, F)
-    out, recon = evaluate_model(model, batches, beta, seed, fixed_var=REFERENCE_VAR)
+    out, recon = evaluate_model(model, batches, beta, seed, fixed_var=REFERENCE_VAR, keep_recon=robot_metrics)
     if robot_metrics:
-        pred = torch.cat([normalizer.denormalize(r).double().cpu() for r in recon]).numpy()
+        pred = torch.cat([normalizer.denormalize(r.double()) for r in recon]).numpy()
         out |= robot_space_errors(pred, windows.double().cpu().numpy(), fps)
     return out
 

@@ -197,10 +197,10 @@ def make_optimizer(objective: Objective, cfg: TrainConfig) -> torch.optim.Optimi
 def adaptive_clip_(params: Sequence[nn.Parameter], clipping: float, eps: float = 1e-3) -> Tensor:
     """Unit-wise adaptive gradient clipping (Brock et al. 2021, NFNets), in place.
 
-    A unit is one row of a parameter (its slice along dim 0: an output unit of a Linear or a convolution, one code
-    of an embedding), or the whole parameter for vectors and scalars. A unit's gradient g is rescaled to norm
-    ``clipping * max(||w||, eps)`` when it is longer than that, w being the unit's weights. Returns the global
-    norm of the gradients before clipping (0-dim tensor)."""
+    A unit is one row of a parameter (its slice along dim 0: an output unit of a Linear or a convolution, an input
+    channel of a transposed convolution, one code of an embedding), or the whole parameter for vectors and
+    scalars. A unit's gradient g is rescaled to norm ``clipping * max(||w||, eps)`` when it is longer than that, w
+    being the unit's weights. Returns the global norm of the gradients before clipping (0-dim tensor)."""
     total = torch.zeros(())
     for p in params:
         if p.grad is None:
@@ -323,7 +323,6 @@ class Trainer:
             for p in self.objective.parameters():  # identical start on every rank (rank 0's weights)
                 dist.broadcast(p.data, src=0)
         self.runner = nn.parallel.DistributedDataParallel(self.objective) if self.distributed else self.objective
-        self.writer, self.bar = None, None
         if self.main:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -390,7 +389,7 @@ class Trainer:
         return bool(flag.item() > 0)
 
     def finalize(self) -> dict[str, float]:
-        """After the last step: full evaluation and export to ``out_dir/final`` (rank 0), then close everything."""
+        """After the last step: full evaluation and export to ``out_dir/final`` (rank 0); every rank waits for it."""
         if self.bar is not None:
             self.bar.close()
         final: dict[str, float] = {}
@@ -401,17 +400,33 @@ class Trainer:
             seconds = round(self.elapsed + time.monotonic() - self.t_start, 1)
             self._export(self.model, self.out_dir / "final", **self.records, step=self.step_count,
                          train_seconds=seconds, val_metrics=final)  # fmt: skip
-        if self.writer is not None:
-            self.writer.close()
         if self.distributed:
             dist.barrier()
-            dist.destroy_process_group()
         return final
+
+    def close(self) -> None:
+        """Release the progress bar, the TensorBoard writer and the process group, also after an error."""
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
     def run(self) -> dict[str, float]:
         """setup, then steps with periodic logging, evaluation and checkpoints until ``steps``, a signal or
-        ``max_minutes`` (a checkpoint is always written before leaving), then finalize."""
-        self.setup()
+        ``max_minutes`` (a checkpoint is always written before leaving), then finalize; :meth:`close` whatever
+        happens."""
+        self.writer = self.bar = None
+        try:
+            self.setup()
+            self.loop()
+            return self.finalize()
+        finally:
+            self.close()
+
+    def loop(self) -> None:
+        """The steps, with logging, periodic evaluation and checkpoints."""
         cfg = self.cfg
         last_ckpt = self.step_count
         with _Stop() as stop:
@@ -433,7 +448,6 @@ class Trainer:
                     break
             if last_ckpt != self.step_count:
                 self.checkpoint()
-        return self.finalize()
 
 
 def _log(writer: Any, bar: Any, metrics: dict[str, Tensor], optimizer: torch.optim.Optimizer, step: int) -> None:

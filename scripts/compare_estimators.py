@@ -90,6 +90,14 @@ def for_estimator(overrides: list[str], estimator: str) -> list[str]:
     return out
 
 
+def check_prefixes(overrides: list[str], estimators: list[str]) -> None:
+    """Refuse an ``E:key=value`` override whose E is not among the estimators run (a typo would go unnoticed)."""
+    for o in overrides:
+        target, sep, _ = o.partition(":")
+        if sep and "=" not in target and target not in estimators:
+            raise SystemExit(f"error: override {o!r} is for estimator {target!r}, which is not in --estimators")
+
+
 def final_metrics(run: Path) -> dict[str, float]:
     """The run's final validation metrics, plus ``bits`` of its code."""
     config = json.loads((run / "final" / "config.json").read_text())
@@ -165,6 +173,7 @@ def plot_curves(args: argparse.Namespace, runs: dict[tuple[str, int], Path]) -> 
 
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(argv)
+    check_prefixes(overrides, args.estimators)
     args.out.mkdir(parents=True, exist_ok=True)
     runs = {(e, s): run_one(args, e, s, overrides) for e in args.estimators for s in args.seeds}
     rows: dict[str, list[dict[str, float]]] = {}

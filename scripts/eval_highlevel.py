@@ -51,7 +51,8 @@ def faithfulness(tokenizer, policy, config, encoder, desc, texts_per_theme: int,
             rollout = generate(tokenizer, policy, emb, goal, windows, seed=i)
             votes = clf.predict(rollout.features[L:].reshape(-1, L, rollout.features.shape[1]))
             hits, total = hits + votes.count(theme), total + len(votes)
-        out[theme] = hits / total
+        if total:
+            out[theme] = hits / total
     return out
 
 
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     faith = faithfulness(tokenizer, policy, config, encoder, load_descriptions(), args.texts_per_theme, args.windows)
     result = {
         **{k: round(v, 4) for k, v in metrics.items()},
-        "text_faithfulness": round(sum(faith.values()) / len(faith), 4),
+        "text_faithfulness": round(sum(faith.values()) / max(len(faith), 1), 4),
         "text_faithfulness_per_theme": {k: round(v, 3) for k, v in faith.items()},
         "classifier_val_accuracy": config.get("classifier_val_accuracy"),
         "checkpoint": str(args.checkpoint or "shipped"),

@@ -61,6 +61,8 @@ def main(cfg: DictConfig) -> None:
         if isinstance(est_cfg.get(key), dict):
             est_cfg[key] = BetaSchedule(**est_cfg[key])
     network = cfg.tokenizer.get("network", "trajectory")
+    if network not in NETWORKS:
+        raise SystemExit(f"error: unknown tokenizer.network {network!r}; choose one of {sorted(NETWORKS)}")
     try:
         data = make_data(cfg)
         torch.manual_seed(cfg.train.seed)  # the initial weights too

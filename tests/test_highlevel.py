@@ -12,7 +12,7 @@ from control.highlevel import Context, DistillationObjective, HighLevelConfig, H
 from control.highlevel_data import PAST, com_context
 from motiontok.nets import sample_categorical
 
-TINY = HighLevelConfig(context_frames=4, com_past=32, com_future=32, text_dim=8, embed_dim=16, num_heads=2,
+TINY = HighLevelConfig(text_dim=8, embed_dim=16, num_heads=2,
                        encoder_layers=1, decoder_layers=1, block_size=6, vocab_size=11)  # fmt: skip
 
 
@@ -56,20 +56,24 @@ def test_teacher_forced_logits_match_step_by_step_decoding() -> None:
 
 
 def test_guided_sampling_draws_from_the_mixed_logits() -> None:
-    """guidance w: each position's code follows uncond + w (cond - uncond), computed here by teacher forcing with
-    and without the text along the sampled codes (greedy, so the comparison is exact)."""
+    """guidance w: each position's code follows uncond + w (cond - uncond), computed here by teacher forcing on
+    the conditional and the unconditional memories along the sampled codes (greedy, so the comparison is exact)."""
     torch.manual_seed(1)
-    model = HighLevelPolicy(TINY).eval()
-    with torch.no_grad():
-        model.null_text.normal_()  # make the text-free context differ
-    ctx = _ctx(4, tokens=False)
+    head = HighLevelPolicy(TINY).eval().head
+    with torch.no_grad():  # large random weights so that the memory decides the codes
+        for p in head.parameters():
+            p.normal_(std=0.5)
+    g = torch.Generator().manual_seed(2)
+    cond, uncond = (3 * torch.randn(4, TINY.memory_length, TINY.embed_dim, generator=g) for _ in range(2))
     w = 3.0
-    tokens = model.sample(ctx, temperature=0.0, guidance=w)
-    ctx["tokens"] = tokens
-    cond = model.logits(ctx)
-    uncond = model.logits(ctx, torch.ones(4, dtype=torch.bool))
-    torch.testing.assert_close((uncond + w * (cond - uncond)).argmax(-1), tokens)
-    assert not torch.equal(cond.argmax(-1), tokens) or not torch.equal(uncond.argmax(-1), tokens)
+    tokens = head.sample(torch.cat((cond, uncond)), greedy=True, guidance=w)  # (4, T)
+    lc, lu = head.logits(cond, tokens), head.logits(uncond, tokens)
+    torch.testing.assert_close((lu + w * (lc - lu)).argmax(-1), tokens)
+    assert not torch.equal(lc.argmax(-1), tokens) and not torch.equal(lu.argmax(-1), tokens)  # the mix matters
+    policy = HighLevelPolicy(TINY).eval()  # the policy pairs each context with its text-free twin
+    ctx = _ctx(3, tokens=False)
+    both = torch.cat((policy.memory(ctx), policy.memory(ctx, torch.ones(3, dtype=torch.bool))))
+    torch.testing.assert_close(policy.sample(ctx, 0.0, guidance=w), policy.head.sample(both, greedy=True, guidance=w))
 
 
 def test_top_k_samples_only_among_the_k_largest() -> None:
@@ -152,6 +156,11 @@ def test_examples_pair_the_past_32_frames_with_the_codes_of_the_next_32(syntheti
     ctx = data.context(ds, ex, np.array([0]), torch.zeros(1, 8))
     raw = tok.normalizer.denormalize(ctx["pose"][0]).numpy()
     np.testing.assert_allclose(raw, ds.features[ex.starts[0] - 32 : ex.starts[0]], atol=1e-4)
+    val = data.val_set.features[data.val.starts[:, None] + np.arange(32)]  # the true windows as "predictions"
+    errors = data.motion_errors(val.astype(np.float64), np.arange(len(val)))
+    assert errors["mpjpe_mm"] < 1e-6 and errors["com_goal_error_m"] < 1e-6, errors  # float32 data: ~1e-7 m
+    shifted = data.motion_errors(np.roll(val, 1, axis=1), np.arange(len(val)))  # a frame late: errors appear
+    assert shifted["com_goal_error_m"] > 1e-4
     again = _data(synthetic_dataset, tok)  # the codes come back from the cache, identical
     np.testing.assert_array_equal(again.train.tokens, ex.tokens)
     assert list((tmp_path / "cache" / "highlevel").glob("codes_*.npy"))
@@ -186,3 +195,30 @@ def test_policy_trains_exports_and_refuses_a_foreign_tokenizer(synthetic_dataset
         other.model.decoder.out.bias.add_(1.0)
     with pytest.raises(CheckpointError, match="trained on tokenizer"):
         load_highlevel(tmp_path / "run" / "final", other)
+
+
+def test_a_planned_window_continues_the_root_where_the_last_one_ended() -> None:
+    """Window B's features, computed on the whole clip, continue from the clip's frame 31 exactly: the runner
+    steps its first frame on by B's own first-frame velocities (no standstill, no jump between windows)."""
+    from control.runner import _continue_root
+    from motiontok import features as feat
+    from motiontok.motion import MotionClip
+    from tests.conftest import synthetic_qpos
+
+    qpos = synthetic_qpos(64, seed=3)
+    f = feat.clip_features(MotionClip("c", qpos, 30.0))
+    q = _continue_root(qpos[31], f[32:], 30.0)
+    np.testing.assert_allclose(q[:, :3], qpos[32:, :3], atol=1e-9)
+    np.testing.assert_allclose(np.abs(np.einsum("ti,ti->t", q[:, 3:7], qpos[32:, 3:7])), 1.0, atol=1e-9)
+    np.testing.assert_allclose(q[:, 7:], qpos[32:, 7:], atol=1e-12)
+
+
+def test_window_lengths_other_than_the_pipelines_are_refused() -> None:
+    with pytest.raises(ValueError, match="must be 32"):
+        HighLevelConfig(context_frames=16)
+    with pytest.raises(ValueError, match="top_k must be >= 0"):
+        sample_categorical(torch.zeros(2, 5), top_k=-1)
+    with pytest.raises(ValueError, match="one sequence per condition"):
+        HighLevelPolicy(TINY).head.sample(
+            torch.zeros(2, TINY.memory_length, TINY.embed_dim), guidance=2.0, num_samples=2
+        )

@@ -54,7 +54,7 @@ def test_model_likelihood_and_metrics_match_brute_force() -> None:
     p = torch.sigmoid(logits)
     brute = (x * p.log() + (1 - x) * (1 - p).log()).flatten(1).sum(-1)
     torch.testing.assert_close(model.log_p(x, z), brute, atol=1e-3, rtol=1e-5)
-    metrics, recon = evaluate_model(model, [x[:3], x[3:]])
+    metrics, recon = evaluate_model(model, [x[:3], x[3:]], keep_recon=True)
     torch.testing.assert_close(torch.cat(recon), p)
     assert metrics["log_p_greedy"] == pytest.approx(brute.mean().item(), rel=1e-5)
     assert metrics["l2"] == pytest.approx((x - p).flatten(1).norm(dim=1).mean().item(), rel=1e-5)
@@ -185,8 +185,8 @@ def test_final_evaluation_reports_the_fid_of_the_reconstructions(tmp_path: Path,
     write_cifar_batches(root / "cifar-10-batches-py", per_batch=8)
     seen = []
 
-    def features(images: torch.Tensor, weights_path: Path) -> np.ndarray:  # stands in for Inception-v3
-        assert weights_path == tmp_path / "w.pth"
+    def features(images: torch.Tensor, weights_path: Path, device: str) -> np.ndarray:  # stands in for Inception
+        assert weights_path == tmp_path / "w.pth" and device == "cpu"
         seen.append(images)
         return images.flatten(1)[:, :4].double().numpy()
 
@@ -196,7 +196,7 @@ def test_final_evaluation_reports_the_fid_of_the_reconstructions(tmp_path: Path,
     model = DiscreteVAE(TINY_CIFAR, "ar", network="vit_resnet")
     assert "fid" not in data.evaluate(model, 1.0, 4) and not seen
     metrics = data.evaluate(model, 1.0, None)
-    real, fake = seen
+    fake, real = seen
     torch.testing.assert_close(real, data.val.float() / 255)  # standardize then back: the original pixels
     assert fake.min() >= 0 and fake.max() <= 1
     stats = [fid.activation_statistics(x.flatten(1)[:, :4].double().numpy()) for x in (real, fake)]

@@ -181,6 +181,8 @@ def sample_categorical(
         return logits.argmax(-1)
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0: all codes), got {top_k}")
     if 0 < top_k < logits.shape[-1]:
         kth = logits.topk(top_k, dim=-1).values[..., -1:]  # (..., 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -351,6 +353,8 @@ class ARPosterior(Posterior):
         holds 2B rows (B conditional, then the same B without the condition), each step draws from
         uncond + w (cond - uncond) and feeds the code to both halves; -> (B, T)."""
         if guidance != 1.0:
+            if num_samples != 1 or static or not use_cache:
+                raise ValueError("guided sampling draws one sequence per condition, cached, not static")
             return self._sample_guided(memory, greedy, temperature, generator, top_k, guidance)
         B, T = memory.shape[0] * num_samples, self.block_size
         tokens = torch.empty(B, T, dtype=torch.long, device=memory.device)  # (B, T)
