@@ -27,11 +27,14 @@ def gumbel_noise(shape: torch.Size | tuple[int, ...], like: Tensor, generator: t
 def conditional_gumbels(logits: Tensor, index: Tensor, num: int, generator: torch.Generator | None = None) -> Tensor:
     """``num`` draws of the perturbed logits ``v = logits + g`` given ``argmax v = index`` (top-down sampling):
     ``v_k = logsumexp(logits) - log E_k`` for the chosen k and ``v_i = -log(E_i exp(-logits_i) + exp(-v_k))``
-    otherwise, with E ~ Exp(1). logits (..., V), index (...) -> (num, ..., V)."""
-    e = -torch.log(torch.rand((num, *logits.shape), generator=generator, device=logits.device, dtype=logits.dtype))
-    e_k = e.gather(-1, index.expand(num, *index.shape).unsqueeze(-1))  # (num, ..., 1)
-    v_k = torch.logsumexp(logits, -1, keepdim=True) - torch.log(e_k)  # (num, ..., 1)
-    v = -torch.log(e * torch.exp(-logits) + torch.exp(-v_k))  # (num, ..., V)
+    otherwise, with E ~ Exp(1), computed as ``-logaddexp(log E_i - logits_i, -v_k)`` (the plain form overflows,
+    and its gradient turns to NaN, once a logit is below about -88 in float32). logits (..., V), index (...) ->
+    (num, ..., V)."""
+    u = torch.rand((num, *logits.shape), generator=generator, device=logits.device, dtype=logits.dtype)
+    log_e = torch.log(-torch.log(u.clamp_(min=torch.finfo(u.dtype).tiny)))  # log E, E ~ Exp(1)
+    log_e_k = log_e.gather(-1, index.expand(num, *index.shape).unsqueeze(-1))  # (num, ..., 1)
+    v_k = torch.logsumexp(logits, -1, keepdim=True) - log_e_k  # (num, ..., 1)
+    v = -torch.logaddexp(log_e - logits, -v_k)  # (num, ..., V)
     return v.scatter(-1, index.expand(num, *index.shape).unsqueeze(-1), v_k)
 
 

@@ -293,6 +293,7 @@ class Trainer:
         self.records = dict(records or {})
         self.step_count, self.elapsed = 0, 0.0
         self.metrics: dict[str, Tensor] = {}
+        self.loss = torch.zeros(())
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -355,6 +356,7 @@ class Trainer:
         x = self.data.sample(cfg.batch_size)  # model-ready batch on the device
         for _ in range(self.estimator.updates_per_batch):  # 1, or several epochs over one batch (PPO baseline)
             loss, self.metrics = self.runner(x, step)
+            self.loss = loss.detach()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = clip_gradients(self.model, cfg)
@@ -366,6 +368,18 @@ class Trainer:
     def evaluate(self, limit: int | None) -> dict[str, float]:
         """The evaluation callback at the current step's beta (rank 0 only)."""
         return self._evaluate(self.model, self.estimator.beta(self.step_count), limit)
+
+    def check_finite(self, last_ckpt: int) -> None:
+        """Stop with a clear error once the loss is NaN or infinite (reading it syncs the device, so the loop calls
+        this at logging and checkpoint steps only): diverged weights are never checkpointed."""
+        finite = torch.isfinite(self.loss).float()
+        if self.distributed:  # every rank stops together (a NaN on one rank reaches all through the gradients)
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if not bool(finite):
+            raise FloatingPointError(
+                f"training diverged: the loss is {float(self.loss)} at step {self.step_count}; the last checkpoint "
+                f"(step {last_ckpt}) is kept. Lower train.lr or tighten train.grad_clip, and run again to resume"
+            )
 
     def checkpoint(self) -> None:
         """Save a resumable checkpoint (a collective call under DDP: every rank's streams, the replica check)."""
@@ -433,8 +447,10 @@ class Trainer:
             while self.step_count < cfg.steps:
                 self.step()
                 step = self.step_count
-                if self.main and step % cfg.log_every == 0:  # reading metrics syncs the device: only every log_every
-                    _log(self.writer, self.bar, self.metrics, self.optimizer, step)
+                if step % cfg.log_every == 0:  # reading metrics syncs the device: only every log_every
+                    self.check_finite(last_ckpt)
+                    if self.main:
+                        _log(self.writer, self.bar, self.metrics, self.optimizer, step)
                 if self.bar is not None:
                     self.bar.update(1)
                 if self.main and cfg.eval_every and step % cfg.eval_every == 0:
@@ -442,11 +458,13 @@ class Trainer:
                         self.writer.add_scalar(f"val/{k}", v, step)
                 stopping = self.should_stop(stop)
                 if step % cfg.ckpt_every == 0 or step == cfg.steps or stopping:
+                    self.check_finite(last_ckpt)
                     self.checkpoint()
                     last_ckpt = step
                 if stopping:
                     break
             if last_ckpt != self.step_count:
+                self.check_finite(last_ckpt)
                 self.checkpoint()
 
 

@@ -50,7 +50,7 @@ def main(cfg: DictConfig) -> None:
             "labels": list(LABELS),
         }
         final = train(HighLevelPolicy(net), DistillationObjective(), data, train_cfg, cfg.out_dir, records)
-    except (MotionDataError, CheckpointError, FileNotFoundError, ValueError) as err:
+    except (MotionDataError, CheckpointError, FileNotFoundError, ValueError, FloatingPointError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     if final:

@@ -76,7 +76,7 @@ def main(cfg: DictConfig) -> None:
         estimator = est_cls(est_cfg_cls(**est_cfg))
         records = {"config": OmegaConf.to_container(cfg, resolve=True), "command": " ".join(sys.argv)}
         final = train(model, estimator, data, TrainConfig(**cfg.train), cfg.out_dir, records)
-    except (MotionDataError, CheckpointError, DatasetError, ValueError, TypeError) as err:
+    except (MotionDataError, CheckpointError, DatasetError, ValueError, TypeError, FloatingPointError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     if final:

@@ -158,3 +158,16 @@ def test_ppo_baseline_reuses_its_samples_for_its_epochs_and_learns() -> None:
     assert all(torch.equal(drawn[3 * b], drawn[3 * b + i]) for b in range(20) for i in (1, 2))  # same codes per batch
     assert not torch.equal(drawn[0], drawn[3])  # new codes for the next batch
     assert sum(log_p[-5:]) / 5 > sum(log_p[:5]) / 5 + 50, (log_p[:3], log_p[-3:])
+
+
+def test_conditional_gumbels_stay_finite_for_extreme_logits() -> None:
+    """Logits spread over hundreds of nats (a confident posterior late in training): the conditional draws, their
+    softmax and its gradient stay finite, and the chosen code still wins (the plain exp form overflowed to NaN)."""
+    logits = torch.tensor([[-300.0, 0.0, 150.0, -90.0]], requires_grad=True)
+    index = torch.tensor([2])
+    v = conditional_gumbels(logits, index, 64, torch.Generator().manual_seed(0))  # (64, 1, 4)
+    assert torch.isfinite(v).all() and (v.argmax(-1) == 2).all()
+    torch.softmax(v / 0.5, -1).mean(0)[0, 1].backward()
+    assert torch.isfinite(logits.grad).all()
+    rare = conditional_gumbels(logits, torch.tensor([0]), 64, torch.Generator().manual_seed(1))  # a -300 code chosen
+    assert torch.isfinite(rare).all() and (rare.argmax(-1) == 0).all()

@@ -270,3 +270,22 @@ def test_estimator_parameters_join_only_the_groups_they_declare():
     daps = make_optimizer(Objective(DiscreteVAE(net), DapsEstimator(DapsConfig())), cfg)
     assert [g["lr"] for g in daps.param_groups] == [5e-4, 5e-4, 1e-3, 1e-3, 1e-2]  # unchanged layout for DAPS
     assert daps.param_groups[-1]["fixed"] and len(daps.param_groups[-1]["params"]) == 1
+
+
+def test_a_diverged_run_stops_with_a_clear_error_and_keeps_its_last_good_checkpoint(dataset, tmp_path):
+    """A loss that turns NaN at step 7: the run raises FloatingPointError naming the step, the newest checkpoint is
+    step 6 (written before the NaN) and holds finite weights; no final/ export."""
+
+    class Diverging(DapsEstimator):
+        def forward(self, model, x, step):
+            out = super().forward(model, x, step)
+            return out._replace(loss=out.loss * (float("nan") if step >= 6 else 1.0))
+
+    torch.manual_seed(0)
+    model = DiscreteVAE(TINY)
+    cfg = TrainConfig(steps=20, batch_size=4, eval_every=0, ckpt_every=3, log_every=2, progress=False)
+    with pytest.raises(FloatingPointError, match="at step 8; the last checkpoint \\(step 6\\)"):
+        train(model, Diverging(DapsConfig(num_samples=4)), MotionData(dataset, VAL, 32), cfg, tmp_path / "run")
+    latest = (tmp_path / "run" / "checkpoints" / "latest").read_text().strip()
+    assert latest == "step_0000006" and not (tmp_path / "run" / "final").exists()
+    assert all(torch.isfinite(v).all() for v in _weights(tmp_path / "run" / "checkpoints" / latest).values())
