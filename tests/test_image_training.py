@@ -203,3 +203,32 @@ def test_final_evaluation_reports_the_fid_of_the_reconstructions(tmp_path: Path,
     assert metrics["fid"] == pytest.approx(fid.frechet_distance(*stats[0], *stats[1]))
     with pytest.raises(ValueError, match="RGB"):
         ImageData("mnist", write_mnist(tmp_path / "mnist"), fid_weights=tmp_path / "w.pth")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset", ["cifar10", "imagenet"])
+def test_train_script_runs_the_appendix_f_configs_at_tiny_scale(tmp_path: Path, dataset: str) -> None:
+    """``data=cifar10`` / ``data=imagenet`` pick the ViT + ResNet networks with a learned variance; the run trains
+    on files in the original formats and exports the model with its standardizer."""
+    rng = np.random.default_rng(0)
+    if dataset == "cifar10":
+        root = tmp_path / "cifar"
+        write_cifar_batches(root / "cifar-10-batches-py", per_batch=4)
+        size = ["data.image_size=32"]
+    else:
+        root = tmp_path / "inet"
+        for split in ("train", "val"):
+            for k in range(2):
+                save_png(root / split / f"c{k}" / "a.png", rng.integers(0, 256, (40, 36, 3), dtype=np.uint8))
+        size = ["data.image_size=32", "data.standardize_images=4", "tokenizer.net.image_size=32"]
+    cmd = [sys.executable, "scripts/train_tokenizer.py", f"data={dataset}", f"data.root={root}", *size,
+           f"out_dir={tmp_path / 'run'}", "train.steps=2", "train.batch_size=2", "train.eval_every=0",
+           "train.progress=false", "train.num_threads=1", "tokenizer.net.embed_dim=16", "tokenizer.net.num_layers=1",
+           "tokenizer.net.num_patches=16", "tokenizer.net.block_size=16", "tokenizer.net.vocab_size=32",
+           "tokenizer.net.hidden_dim=8", "estimator.num_samples=2"]  # fmt: skip
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    model, standardizer, config = load_image_vae(tmp_path / "run" / "final")
+    assert config["network"] == "vit_resnet" and config["dataset"] == dataset and standardizer is not None
+    assert model.likelihood == "gaussian" and (tmp_path / "run" / "final" / "prior_samples.png").is_file()
+    assert np.isfinite(config["val_metrics"]["log_p"])
