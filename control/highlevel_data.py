@@ -11,8 +11,6 @@ both "dance" and "stand still" have training windows.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ from torch import Tensor
 from control.highlevel import HIGHLEVEL_FORMAT, Context, HighLevelPolicy, config_dict
 from control.text import LABELS, TextEncoder, cached_embeddings, load_descriptions
 from control.theme_classifier import ThemeClassifier
-from motiontok.checkpoint import save_checkpoint
+from motiontok.checkpoint import atomic_path, save_checkpoint
 from motiontok.data import MotionDataset, split_train_val
 from motiontok.evaluation import robot_space_errors
 from motiontok.rotations import heading_of_mat, quat_to_mat, rot_z
@@ -144,15 +142,8 @@ class HighLevelData:
         codes = np.concatenate(
             [self.tokenizer.encode(torch.from_numpy(windows[i : i + 256])).numpy() for i in batches]
         ).astype(np.int64)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.save(fh, codes)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, codes)
         return codes
 
     # ------------------------------------------------------------------ the trainer's interface

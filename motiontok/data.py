@@ -18,9 +18,7 @@ attrs               fps, feature_dim, format_version, feature_names, feature_lay
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,7 @@ import numpy as np
 import torch
 
 from motiontok import features as feat
+from motiontok.checkpoint import atomic_path
 from motiontok.errors import MotionDataError
 from motiontok.motion import MotionClip, forward_kinematics, load_motions
 
@@ -61,26 +60,19 @@ def write_dataset(clips: Sequence[MotionClip], out: str | Path, progress: bool =
         per_clip.append((clip, feat.features_from_qpos(clip.qpos, clip.fps, kin.key_pos), kin))
     lengths = [c.num_frames for c in clips]
     split = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as h5:
-            h5.create_dataset("features", data=np.concatenate([f for _, f, _ in per_clip]).astype(np.float32))
-            h5.create_dataset("qpos", data=np.concatenate([c.qpos for c in clips]))
-            h5.create_dataset("com", data=np.concatenate([k.com for _, _, k in per_clip]).astype(np.float32))
-            h5.create_dataset("key_pos", data=np.concatenate([k.key_pos for _, _, k in per_clip]).astype(np.float32))
-            h5.create_dataset("split_points", data=split)
-            h5.create_dataset("clip_names", data=[c.name for c in clips], dtype=h5py.string_dtype())
-            h5.create_dataset("clip_files", data=[_file_of(c) for c in clips], dtype=h5py.string_dtype())
-            h5.attrs["fps"] = float(next(iter(fps)))
-            h5.attrs["feature_dim"] = feat.FEATURE_DIM
-            h5.attrs["format_version"] = FORMAT_VERSION
-            h5.attrs["feature_names"] = ",".join(feat.feature_names())
-            h5.attrs["feature_layout"] = feat.FEATURE_LAYOUT
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(out) as tmp, h5py.File(tmp, "w") as h5:
+        h5.create_dataset("features", data=np.concatenate([f for _, f, _ in per_clip]).astype(np.float32))
+        h5.create_dataset("qpos", data=np.concatenate([c.qpos for c in clips]))
+        h5.create_dataset("com", data=np.concatenate([k.com for _, _, k in per_clip]).astype(np.float32))
+        h5.create_dataset("key_pos", data=np.concatenate([k.key_pos for _, _, k in per_clip]).astype(np.float32))
+        h5.create_dataset("split_points", data=split)
+        h5.create_dataset("clip_names", data=[c.name for c in clips], dtype=h5py.string_dtype())
+        h5.create_dataset("clip_files", data=[_file_of(c) for c in clips], dtype=h5py.string_dtype())
+        h5.attrs["fps"] = float(next(iter(fps)))
+        h5.attrs["feature_dim"] = feat.FEATURE_DIM
+        h5.attrs["format_version"] = FORMAT_VERSION
+        h5.attrs["feature_names"] = ",".join(feat.feature_names())
+        h5.attrs["feature_layout"] = feat.FEATURE_LAYOUT
     return out
 
 

@@ -3,13 +3,13 @@ decoded from the uniform prior)."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from torch import Tensor
+
+from motiontok.checkpoint import atomic_path
 
 
 def image_grid(images: Tensor, columns: int = 8, pad: int = 2) -> np.ndarray:
@@ -34,14 +34,6 @@ def image_grid(images: Tensor, columns: int = 8, pad: int = 2) -> np.ndarray:
 
 def save_image_grid(path: str | Path, images: Tensor, columns: int = 8) -> Path:
     """Write :func:`image_grid` of ``images`` (N, G, C, S, S) as a PNG, atomically (temporary file, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         Image.fromarray(image_grid(images, columns)).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
