@@ -46,6 +46,7 @@ def save_checkpoint(
         if trainer_state is not None:
             torch.save(trainer_state, tmp / TRAINER_STATE)
         for f in tmp.iterdir():
+            os.chmod(f, _umask_mode(0o666))  # safetensors writes its file private (0600)
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
         old = None

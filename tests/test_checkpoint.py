@@ -27,6 +27,7 @@ def test_atomic_path_replaces_whole_files_with_umask_permissions(tmp_path: Path)
         assert target.read_text() == "new" and [p.name for p in target.parent.iterdir()] == ["a.txt"]
         ckpt = save_checkpoint(tmp_path / "ckpt", {"w": torch.ones(2)}, {"format": "x"})
         assert stat.S_IMODE(ckpt.stat().st_mode) == 0o755  # not mkdtemp's private 0700
+        assert {stat.S_IMODE(f.stat().st_mode) for f in ckpt.iterdir()} == {0o644}  # safetensors writes 0600
         torch.testing.assert_close(load_checkpoint(ckpt)[0]["w"], torch.ones(2))
     finally:
         os.umask(old_umask)
