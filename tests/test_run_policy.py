@@ -116,3 +116,33 @@ def test_eval_highlevel_reports_chance_level_for_an_untrained_policy(
     assert set(per_theme) == set(THEMES) and all(v in (0.0, 1.0) for v in per_theme.values())
     assert result["text_faithfulness"] == pytest.approx(sum(per_theme.values()) / 2, abs=1e-4)
     assert result["mpjpe_mm"] > 0 and result["com_goal_error_m"] > 0
+
+
+def test_export_highlevel_ships_a_loadable_copy_with_its_record(highlevel_dir: Path, tmp_path: Path, capsys) -> None:
+    import shutil
+
+    import export_highlevel
+
+    shutil.copytree(highlevel_dir, tmp_path / "run" / "final")
+    metrics = {"token_nll": 2.25, "token_accuracy": 0.5, "text_faithfulness": 0.75,
+               "text_faithfulness_per_theme": {"dance": 0.5, "walk": 1.0},
+               "classifier_val_accuracy": {"dance": 0.6}}  # fmt: skip
+    (tmp_path / "eval.json").write_text(json.dumps(metrics))
+    out = tmp_path / "shipped"
+    code = export_highlevel.main(["--run", str(tmp_path / "run"), "--out", str(out), "--eval-json",
+                                  str(tmp_path / "eval.json")])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    readme = (out / "README.md").read_text()
+    assert (
+        "| `token_nll` | 2.25 |" in readme and "| walk | 1.00 | nan |" in readme and "| dance | 0.50 | 0.60 |" in readme
+    )
+    from control.highlevel import load_highlevel
+
+    load_highlevel(out, MotionTokenizer.load())
+    other = MotionTokenizer.load()
+    with torch.no_grad():
+        other.model.decoder.out.bias.add_(0.5)
+    other.save(tmp_path / "other_tok")
+    code = export_highlevel.main(["--run", str(tmp_path / "run"), "--out", str(tmp_path / "x"), "--eval-json",
+                                  str(tmp_path / "eval.json"), "--tokenizer", str(tmp_path / "other_tok")])  # fmt: skip
+    assert code == 2 and "trained on tokenizer" in capsys.readouterr().err and not (tmp_path / "x").exists()
