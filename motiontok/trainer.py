@@ -308,6 +308,7 @@ class Trainer:
                 self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
                 torch.cuda.set_device(self.device)
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        self._restore_globals = (torch.get_num_threads(), torch.backends.cuda.matmul.allow_tf32)
         if cfg.num_threads > 0:
             torch.set_num_threads(cfg.num_threads)
         if self.device.type == "cuda":
@@ -419,7 +420,11 @@ class Trainer:
         return final
 
     def close(self) -> None:
-        """Release the progress bar, the TensorBoard writer and the process group, also after an error."""
+        """Release the progress bar, the TensorBoard writer and the process group, and put back torch's thread
+        count and TF32 setting, also after an error."""
+        if self._restore_globals is not None:
+            torch.set_num_threads(self._restore_globals[0])
+            torch.backends.cuda.matmul.allow_tf32 = self._restore_globals[1]
         if self.bar is not None:
             self.bar.close()
         if self.writer is not None:
@@ -431,7 +436,7 @@ class Trainer:
         """setup, then steps with periodic logging, evaluation and checkpoints until ``steps``, a signal or
         ``max_minutes`` (a checkpoint is always written before leaving), then finalize; :meth:`close` whatever
         happens."""
-        self.writer = self.bar = None
+        self.writer = self.bar = self._restore_globals = None
         try:
             self.setup()
             self.loop()

@@ -289,3 +289,10 @@ def test_a_diverged_run_stops_with_a_clear_error_and_keeps_its_last_good_checkpo
     latest = (tmp_path / "run" / "checkpoints" / "latest").read_text().strip()
     assert latest == "step_0000006" and not (tmp_path / "run" / "final").exists()
     assert all(torch.isfinite(v).all() for v in _weights(tmp_path / "run" / "checkpoints" / latest).values())
+
+
+def test_train_puts_back_the_thread_count_it_changed(dataset, tmp_path):
+    before = torch.get_num_threads()
+    wanted = 1 if before != 1 else 2
+    _run(dataset, tmp_path / "threads", 1, num_threads=wanted)
+    assert torch.get_num_threads() == before
