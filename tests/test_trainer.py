@@ -21,7 +21,8 @@ from motiontok.datamodules import MotionData
 from motiontok.estimators import DapsConfig, DapsEstimator
 from motiontok.models import DiscreteVAE
 from motiontok.nets import TrajectoryNetConfig
-from motiontok.trainer import TrainConfig, adaptive_clip_, lr_factor, train
+from motiontok.optim import adaptive_clip_, lr_factor
+from motiontok.trainer import TrainConfig, train
 from tests.conftest import SYNTHETIC_VAL
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -247,7 +248,8 @@ def test_torchrun_two_processes_gloo(dataset, tmp_path):
 
 def test_estimator_parameters_join_only_the_groups_they_declare():
     from motiontok.estimators import Estimator
-    from motiontok.trainer import Objective, make_optimizer
+    from motiontok.optim import make_optimizer
+    from motiontok.trainer import Objective
 
     net = TrajectoryNetConfig(embed_dim=16, num_heads=2, num_layers=1, block_size=16, vocab_size=16)
     cfg = TrainConfig(lr=1e-3, recognition_lr_scale=0.5, eta_lr=1e-2, weight_decay=0.1)
