@@ -80,44 +80,76 @@ def _continue_root(last_qpos: np.ndarray, window: np.ndarray, fps: float) -> np.
     return feat.qpos_from_features(window, fps, (float(xy[0]), float(xy[1])), float(yaw0))
 
 
-def generate(
-    tokenizer: MotionTokenizer,
-    policy: HighLevelPolicy,
-    text: torch.Tensor,
-    goal: Goal,
-    windows: int,
-    *,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    guidance: float = 1.0,
-    seed: int = 0,
-    progress: Callable[[int], None] | None = None,
-) -> Rollout:
-    """Plan ``windows`` windows from a standing start for the text embedding ``text`` (D,) and the COM goal."""
-    fps = tokenizer.fps
+@dataclass
+class Plan:
+    """One planned window: tokens (T,), decoded features (L, 127), its qpos (L, 26) stepping on from the motion
+    so far, its COM (L, 3, world) and the COM goal path (L, 3, heading frame of the window's start)."""
+
+    tokens: np.ndarray
+    features: np.ndarray
+    qpos: np.ndarray
+    com: np.ndarray
+    goal_path: np.ndarray
+
+
+class Planner:
+    """The high-level policy with its text, COM goal and sampling settings: :meth:`plan` turns the last
+    ``PAST`` frames of a motion into the next window."""
+
+    def __init__(
+        self,
+        tokenizer: MotionTokenizer,
+        policy: HighLevelPolicy,
+        text: torch.Tensor,
+        goal: Goal,
+        *,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        guidance: float = 1.0,
+        seed: int = 0,
+    ):
+        self.tokenizer, self.policy, self.goal = tokenizer, policy, goal
+        self.device = next(policy.parameters()).device
+        self.text = text[None].float().to(self.device)  # (1, D)
+        self.sampling = {"temperature": temperature, "top_k": top_k, "guidance": guidance}
+        self.generator = torch.Generator(self.device).manual_seed(seed)
+
+    def plan(self, features: np.ndarray, qpos: np.ndarray, com: np.ndarray) -> Plan:
+        """The next window after a motion given by its last PAST frames: features (P, 127), qpos (P, 26) and
+        COM (P, 3, world), at the tokenizer's rate."""
+        tok, fps = self.tokenizer, self.tokenizer.fps
+        goal_path = self.goal.path(fps, com[-1, 2])
+        ctx = Context(
+            text=self.text,
+            pose=tok.normalizer.normalize(torch.from_numpy(features[-PAST:]).float().to(tok.device))[None],
+            com=torch.from_numpy(np.concatenate((com_context(com[-PAST:], qpos[-1]), goal_path))).float()[None],
+        )
+        ctx = Context({k: v.to(self.device) for k, v in ctx.items()})
+        tokens = self.policy.sample(ctx, generator=self.generator, **self.sampling).cpu()  # (1, T)
+        window = tok.decode(tokens)[0].double().cpu().numpy()  # (L, 127) raw
+        q = _continue_root(qpos[-1], window, fps)
+        return Plan(tokens[0].numpy(), window, q, forward_kinematics(q).com, goal_path)
+
+
+def goal_error(past_com: np.ndarray, last_qpos: np.ndarray, com: np.ndarray, goal_path: np.ndarray) -> float:
+    """Mean distance (m) between the COM (L, 3, world) of a window that followed ``past_com`` (P, 3) and the
+    window's goal path (L, 3, in the heading frame of ``last_qpos`` (26,), the motion's state before it)."""
+    realised = com_context(np.concatenate((past_com[-PAST:], com)), last_qpos)[PAST:]
+    return float(np.linalg.norm(realised - goal_path, axis=1).mean())
+
+
+def generate(planner: Planner, windows: int, progress: Callable[[int], None] | None = None) -> Rollout:
+    """Plan ``windows`` windows from a standing start, each from the planned motion so far (kinematic mode)."""
+    fps = planner.tokenizer.fps
     start = standing_features(fps)
     qpos = feat.qpos_from_features(start, fps)
     out = Rollout(start, qpos, forward_kinematics(qpos).com)
-    device = next(policy.parameters()).device
-    generator = torch.Generator(device).manual_seed(seed)
     for _ in range(windows):
-        past = out.com[-PAST:]
-        com = np.concatenate((com_context(past, out.qpos[-1]), goal.path(fps, out.com[-1, 2])))  # (64, 3)
-        pose = tokenizer.normalizer.normalize(torch.from_numpy(out.features[-PAST:]).float().to(tokenizer.device))
-        ctx = Context(
-            text=text[None].float().to(device),
-            pose=pose[None].to(device),
-            com=torch.from_numpy(com).float()[None].to(device),
-        )
-        tokens = policy.sample(ctx, temperature, top_k, guidance, generator).cpu()  # (1, T)
-        window = tokenizer.decode(tokens)[0].double().cpu().numpy()  # (L, 127) raw
-        q = _continue_root(out.qpos[-1], window, fps)
-        com = forward_kinematics(q).com
-        realised = com_context(np.concatenate((past, com)), out.qpos[-1])[PAST:]
-        out.goal_errors.append(float(np.linalg.norm(realised - goal.path(fps, out.com[-1, 2]), axis=1).mean()))
-        out.features = np.concatenate((out.features, window))
-        out.qpos, out.com = np.concatenate((out.qpos, q)), np.concatenate((out.com, com))
-        out.tokens.append(tokens[0].numpy())
+        plan = planner.plan(out.features, out.qpos, out.com)
+        out.goal_errors.append(goal_error(out.com, out.qpos[-1], plan.com, plan.goal_path))
+        out.features = np.concatenate((out.features, plan.features))
+        out.qpos, out.com = np.concatenate((out.qpos, plan.qpos)), np.concatenate((out.com, plan.com))
+        out.tokens.append(plan.tokens)
         if progress is not None:
             progress(1)
     return out

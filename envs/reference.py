@@ -102,19 +102,27 @@ class ReferenceLibrary:
             raise MotionDataError("no reference clips")
         tok_id = tokenizer_fingerprint(tokenizer)
         parts = [_cached_clip_arrays(c, tokenizer, tok_id, fps) for c in clips]
+        return cls.from_parts([c.name for c in clips], parts, tok_id, tokenizer.vocab_size, fps)
+
+    @classmethod
+    def from_parts(
+        cls, names: list[str], parts: list[dict[str, np.ndarray]], tok_id: str, vocab_size: int, fps: float
+    ) -> ReferenceLibrary:
+        """Concatenate per-clip arrays (of :func:`step_arrays`, window rows local to each clip)."""
         lens = np.array([len(p["qpos"]) for p in parts])
         offsets = np.concatenate([[0], np.cumsum([len(p["tokens"]) for p in parts])[:-1]])
-        for p, off in zip(parts, offsets, strict=True):
-            p["window"] = p["window"] + off
-            p["next_window"] = p["next_window"] + off
+        parts = [
+            {**p, "window": p["window"] + off, "next_window": p["next_window"] + off}
+            for p, off in zip(parts, offsets, strict=True)
+        ]
         cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         return cls(
-            names=tuple(c.name for c in clips),
+            names=tuple(names),
             clip_start=np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64),
             clip_len=lens.astype(np.int64),
             fps=float(fps),
             tokenizer_id=tok_id,
-            vocab_size=tokenizer.vocab_size,
+            vocab_size=vocab_size,
             **cat,
         )
 
@@ -178,7 +186,8 @@ def _cached_clip_arrays(clip: MotionClip, tokenizer: MotionTokenizer, tok_id: st
 
 
 def _clip_arrays(clip: MotionClip, tokenizer: MotionTokenizer, fps: float) -> dict[str, np.ndarray]:
-    """Per-step arrays of one clip (window rows local to the clip)."""
+    """Per-step arrays of one clip (window rows local to the clip): its greedy tokens, their decoding and the
+    true motion at ``fps``."""
     L = tokenizer.window
     if clip.fps != tokenizer.fps:
         clip = clip.resample(tokenizer.fps)
@@ -189,10 +198,20 @@ def _clip_arrays(clip: MotionClip, tokenizer: MotionTokenizer, fps: float) -> di
     windows = feat.clip_features(clip).reshape(n_win, L, feat.FEATURE_DIM)  # (W, 32, 127)
     tokens = tokenizer.encode(torch.from_numpy(windows).float())  # (W, 64)
     decoded = tokenizer.decode(tokens).double().numpy().reshape(n_win * L, feat.FEATURE_DIM)  # (W*32, 127)
+    return step_arrays(clip, tokens.numpy().astype(np.int64), decoded, fps)
 
+
+def step_arrays(clip: MotionClip, tokens: np.ndarray, decoded: np.ndarray, fps: float) -> dict[str, np.ndarray]:
+    """Per-step arrays at ``fps`` of a clip at the tokenizer's rate (W * L frames), its tokens (W, T) and their
+    decoded features (W * L, 127): what :class:`ReferenceLibrary` holds per clip. ``run_policy.py`` builds one
+    from each planned window (the plan as the reference, the planned tokens as the goal)."""
+    n_win = len(tokens)
+    L = clip.num_frames // n_win
+    if n_win * L != clip.num_frames or decoded.shape != (clip.num_frames, feat.FEATURE_DIM):
+        raise ValueError(f"{clip.num_frames} frames, {n_win} windows and decoded {decoded.shape} do not match")
     fine = clip.resample(fps)
     kin = forward_kinematics(fine.qpos)
-    frame = np.arange(fine.num_frames) * (clip.fps / fps)  # (S,) fractional 30 fps frame of each step
+    frame = np.arange(fine.num_frames) * (clip.fps / fps)  # (S,) fractional frame of each step
     window = np.minimum((frame // L).astype(np.int64), n_win - 1)
     decoded_fine = _interp_rows(decoded, frame)  # (S, 127)
     return {
@@ -200,7 +219,7 @@ def _clip_arrays(clip: MotionClip, tokenizer: MotionTokenizer, fps: float) -> di
         "qvel": fine.qvel(),
         "key_pos": kin.key_pos,
         "key_local": local_key_points(fine.qpos, kin.key_pos),
-        "tokens": tokens.numpy().astype(np.int64),
+        "tokens": tokens,
         "window": window,
         "next_window": np.minimum(window + 1, n_win - 1),
         "phase": frame / L - window,

@@ -124,10 +124,7 @@ class TrackingSim:
         self.home = self.model.key("home").qpos[7:].copy()  # (19,)
         self.torque_limit = np.array([robot.load_model().actuator_ctrlrange[i, 1] for i in range(robot.NU)])
         self.max_steps = round(self.cfg.episode_seconds * self.cfg.control_hz)
-        last = ref.clip_start + ref.clip_len - 1  # (C,)
-        self.clip_last = np.repeat(last, ref.clip_len)  # (S,) last step of each step's clip
-        self.clip_first = np.repeat(ref.clip_start, ref.clip_len)  # (S,)
-        self.valid_starts = np.flatnonzero(np.arange(ref.num_steps) < self.clip_last)  # not a clip's last step
+        self._index_reference()
         threads = self.cfg.num_threads or os.cpu_count() or 1
         self.num_threads = max(1, min(threads, num_envs))
         bounds = np.linspace(0, num_envs, self.num_threads + 1).astype(int)
@@ -145,6 +142,23 @@ class TrackingSim:
         self.unstable = np.zeros(n, bool)
         self._robot_state: dict[str, np.ndarray] | None = None  # cache of robot_state(), cleared on any change
         self.physics_seconds = 0.0  # wall time spent stepping MuJoCo (threads included), for benchmarks
+
+    def _index_reference(self) -> None:
+        ref = self.ref
+        last = ref.clip_start + ref.clip_len - 1  # (C,)
+        self.clip_last = np.repeat(last, ref.clip_len)  # (S,) last step of each step's clip
+        self.clip_first = np.repeat(ref.clip_start, ref.clip_len)  # (S,)
+        self.valid_starts = np.flatnonzero(np.arange(ref.num_steps) < self.clip_last)  # not a clip's last step
+
+    def follow(self, ref: ReferenceLibrary) -> None:
+        """Go on from the current physics state with a new reference: every environment moves to the first step
+        of ``ref``'s first clip, nothing else changes (``run_policy.py`` re-plans each window this way)."""
+        if abs(ref.fps - self.cfg.control_hz) > 1e-9:
+            raise ValueError(f"reference at {ref.fps} Hz, control at {self.cfg.control_hz} Hz")
+        self.ref = ref
+        self._index_reference()
+        self.idx[:] = 0
+        self._robot_state = None
 
     # ------------------------------------------------------------------ physics
     def _read(self, i: int) -> None:

@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def faithfulness(tokenizer, policy, config, encoder, desc, texts_per_theme: int, windows: int) -> dict[str, float]:
     """Per theme: the share of generated windows the theme classifier recognises as that theme."""
     from control.highlevel import load_theme_classifier
-    from control.runner import Goal, generate
+    from control.runner import Goal, Planner, generate
 
     clf = load_theme_classifier(config["_path"])
     L = tokenizer.window
@@ -48,7 +48,7 @@ def faithfulness(tokenizer, policy, config, encoder, desc, texts_per_theme: int,
         goal = Goal(min(config.get("theme_speeds", {}).get(theme, 0.0), 5.0))
         hits = total = 0
         for i, emb in enumerate(encoder.encode(texts)):
-            rollout = generate(tokenizer, policy, emb, goal, windows, seed=i)
+            rollout = generate(Planner(tokenizer, policy, emb, goal, seed=i), windows)
             votes = clf.predict(rollout.features[L:].reshape(-1, L, rollout.features.shape[1]))
             hits, total = hits + votes.count(theme), total + len(votes)
         if total:

@@ -2,9 +2,9 @@
 """Type a description, and the H1 moves that way: text + a centre-of-mass goal -> the high-level policy plans 64
 tokens per window from the robot's own recent motion -> the tokenizer decodes them -> the motion is played back.
 
-Modes: ``--kinematic`` plays the decoded motion back by inverse kinematics (no physics); without it the low-level
-policy executes the tokens in MuJoCo at 100 Hz (needs assets/checkpoints/lowlevel_h1, not shipped yet: use
---kinematic).
+Modes: without ``--kinematic`` the low-level policy executes the tokens in MuJoCo at 100 Hz (assets/checkpoints/
+lowlevel_h1 or --lowlevel), each window planned from the robot's own recent motion, and the run stops if the robot
+falls; ``--kinematic`` plays the planned motion back by inverse kinematics (no physics).
 
 Examples:
   python scripts/run_policy.py --text "dance" --kinematic --seconds 20 --json
@@ -22,7 +22,10 @@ import json
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 DEFAULT_LOWLEVEL = Path(__file__).resolve().parent.parent / "assets" / "checkpoints" / "lowlevel_h1"
 
@@ -61,26 +64,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    import numpy as np
     import torch
 
-    from control.highlevel import load_highlevel, load_theme_classifier
-    from control.runner import Goal, generate
+    from control.highlevel import load_highlevel
+    from control.runner import Goal, Planner
     from control.text import TextEncoder, ThemeMatcher, UnknownTextError, load_descriptions
     from motiontok import MotionTokenizer
     from motiontok.errors import CheckpointError
 
     torch.set_num_threads(args.threads)
+    executor = None
     try:
         if not args.kinematic and not (args.lowlevel / "config.json").is_file():
             raise CheckpointError(
-                f"{args.lowlevel}: no low-level policy there (none is shipped yet); run with --kinematic to play "
-                "the planned motion back by IK, or train one with scripts/train_lowlevel.py and pass --lowlevel"
+                f"{args.lowlevel}: no low-level policy there; run with --kinematic to play the planned motion back "
+                "by IK, or train one with scripts/train_lowlevel.py and pass --lowlevel"
             )
-        if not args.kinematic:
-            raise CheckpointError("physics mode is not implemented in this version; run with --kinematic")
         tokenizer = MotionTokenizer.load(args.tokenizer)
         policy, config = load_highlevel(args.highlevel, tokenizer)
+        if not args.kinematic:
+            from control.physics import TokenExecutor
+
+            executor = TokenExecutor(tokenizer, args.lowlevel)  # refuses a policy of another tokenizer
         encoder = TextEncoder(args.text_encoder)
         match = ThemeMatcher(encoder, load_descriptions()).match(args.text)
         speed = args.speed if args.speed is not None else config.get("theme_speeds", {}).get(match.theme, 0.0)
@@ -88,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, UnknownTextError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    planner = Planner(
+        tokenizer, policy, encoder.encode([args.text])[0], goal, temperature=args.temperature, top_k=args.top_k,
+        guidance=args.guidance, seed=args.seed,
+    )  # fmt: skip
     windows = math.ceil(args.seconds * tokenizer.fps / tokenizer.window)
     bar = None
     if not args.no_progress:
@@ -95,47 +104,100 @@ def main(argv: list[str] | None = None) -> int:
 
         bar = tqdm(total=windows, desc="planning", unit="window", file=sys.stderr)
     t0 = time.perf_counter()
-    rollout = generate(
-        tokenizer, policy, encoder.encode([args.text])[0], goal, windows, temperature=args.temperature,
-        top_k=args.top_k, guidance=args.guidance, seed=args.seed, progress=bar.update if bar else None,
-    )  # fmt: skip
-    qpos = playback(rollout.features, tokenizer.fps)
+    progress = bar.update if bar else None
+    run = run_kinematic(planner, windows, args.seconds, progress) if executor is None else None
+    if executor is not None:
+        run = run_physics_mode(planner, executor, windows, args.seconds, progress)
+        executor.close()
     wall = time.perf_counter() - t0
     if bar is not None:
         bar.close()
-    n = round(args.seconds * tokenizer.fps) + tokenizer.window  # the standing start, then the planned motion
-    qpos, com = qpos[:n], rollout.com[:n]
-    seconds = (len(qpos) - tokenizer.window) / tokenizer.fps
-    clf = load_theme_classifier(args.highlevel)
-    planned = rollout.features[tokenizer.window :]
-    votes = clf.predict(
-        planned[: len(planned) // tokenizer.window * tokenizer.window].reshape(-1, tokenizer.window, 127)
-    )
-    com_speed = np.linalg.norm(np.diff(com[tokenizer.window :, :2], axis=0), axis=1) * tokenizer.fps
     result = {
         "text": args.text,
         "theme_matched": match.theme,
         "text_similarity": round(match.similarity, 3),
-        "mode": "kinematic",
-        "seconds_simulated": round(seconds, 2),
-        "fell": bool(qpos[-1, 2] < 0.5),
+        "mode": "kinematic" if executor is None else "physics",
         "com_goal": {"speed": goal.speed, "turn_rate": goal.turn_rate},
-        "mean_com_speed": round(float(com_speed.mean()), 3),
-        "com_goal_error": round(float(np.mean(rollout.goal_errors)), 3),
-        "realtime_factor": round(seconds / wall, 2),
-        "replans": len(rollout.tokens),
-        "theme_recognised": max(set(votes), key=votes.count),
-        "theme_votes": {t: votes.count(t) for t in sorted(set(votes))},
+        **summarize(run, tokenizer, args.highlevel),
+        "realtime_factor": round(run.seconds / wall, 2),
     }
     if args.video:
         from motiontok.render import render_video
 
-        render_video([qpos], args.video, tokenizer.fps)
+        render_video([run.qpos_video], args.video, run.video_fps)
         result["video"] = str(args.video)
     if args.viewer:
-        show(qpos, tokenizer.fps)
+        show(run.qpos_video, run.video_fps)
     print(json.dumps(result) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))
     return 0
+
+
+@dataclass
+class Run:
+    """A finished run, either mode: the motion (qpos (T, 26) at ``video_fps``) to show, the motion's features
+    (F, 127) and COM (F, 3) at the tokenizer's rate after the standing start, seconds produced, whether the robot
+    fell, the planned tokens and the per-window COM goal errors."""
+
+    qpos_video: np.ndarray
+    video_fps: float
+    features: np.ndarray
+    com: np.ndarray
+    seconds: float
+    fell: bool
+    replans: int
+    goal_errors: list[float]
+
+
+def run_kinematic(planner, windows: int, seconds: float, progress) -> Run:
+    """Plan from the planned motion itself and play it back by IK (no physics)."""
+    from control.physics import fallen
+    from control.runner import generate
+
+    tok = planner.tokenizer
+    rollout = generate(planner, windows, progress)
+    n = round(seconds * tok.fps) + tok.window  # the standing start, then the planned motion
+    qpos = playback(rollout.features, tok.fps)[:n]
+    seconds_done = (len(qpos) - tok.window) / tok.fps
+    return Run(
+        qpos, tok.fps, rollout.features[tok.window : n], rollout.com[tok.window : n], seconds_done,
+        any(fallen(q) for q in qpos), len(rollout.tokens), rollout.goal_errors,
+    )  # fmt: skip
+
+
+def run_physics_mode(planner, executor, windows: int, seconds: float, progress) -> Run:
+    """Plan from the robot's own motion and execute each window with the low-level policy in MuJoCo."""
+    from control.physics import run_physics
+    from motiontok import features as feat
+    from motiontok.motion import MotionClip, forward_kinematics
+
+    tok = planner.tokenizer
+    rollout = run_physics(planner, executor, windows, progress)
+    qpos = rollout.qpos[: round(seconds * rollout.fps)]
+    motion = MotionClip("robot", qpos, rollout.fps).resample(tok.fps).qpos if len(qpos) > 1 else qpos
+    return Run(
+        qpos, rollout.fps, feat.features_from_qpos(motion, tok.fps), forward_kinematics(motion).com,
+        len(qpos) / rollout.fps, rollout.fell, len(rollout.tokens), rollout.goal_errors,
+    )  # fmt: skip
+
+
+def summarize(run: Run, tokenizer, highlevel: Path | None) -> dict:
+    """The JSON metrics of a run: length, fall, COM speed and goal error, replans and the recognised theme
+    (majority vote of the theme classifier over the whole windows produced)."""
+    from control.highlevel import load_theme_classifier
+
+    L = tokenizer.window
+    whole = len(run.features) // L * L
+    votes = load_theme_classifier(highlevel).predict(run.features[:whole].reshape(-1, L, 127)) if whole else []
+    com_speed = np.linalg.norm(np.diff(run.com[:, :2], axis=0), axis=1) * tokenizer.fps
+    return {
+        "seconds_simulated": round(run.seconds, 2),
+        "fell": run.fell,
+        "mean_com_speed": round(float(com_speed.mean()), 3) if len(com_speed) else 0.0,
+        "com_goal_error": round(float(np.mean(run.goal_errors)), 3),
+        "replans": run.replans,
+        "theme_recognised": max(set(votes), key=votes.count) if votes else None,
+        "theme_votes": {t: votes.count(t) for t in sorted(set(votes))},
+    }
 
 
 def playback(features, fps: float):

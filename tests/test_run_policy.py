@@ -56,7 +56,7 @@ def test_kinematic_run_reports_its_metrics(highlevel_dir: Path, capsys) -> None:
     assert result["com_goal"] == {"speed": 0.8, "turn_rate": 0.2}
     for key in ("mean_com_speed", "com_goal_error", "realtime_factor"):
         assert np.isfinite(result[key]) and result[key] >= 0
-    assert isinstance(result["fell"], bool) and sum(result["theme_votes"].values()) == 3
+    assert isinstance(result["fell"], bool) and sum(result["theme_votes"].values()) == 2  # whole windows in 2.5 s
 
 
 @pytest.mark.parametrize(
