@@ -2,19 +2,27 @@
 TensorBoard (reward terms, episode length, falls, tracking error, steps/s), atomic periodic checkpoints at rollout
 boundaries (where a resumed run continues exactly), SIGINT/SIGTERM and a wall-clock limit that stop at the next
 boundary after saving.
+
+Every checkpoint's config carries the run's ``history``: one entry per training invocation (chunk) that trained,
+``{command, machine, started, steps_from, steps_to, wall_s}``, the current one brought up to date at each save.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
+import platform
 import signal
+import sys
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
+from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 
 from control.lowlevel import PolicyConfig, PPOConfig, make_ppo, read_policy_config, restore, save_policy
@@ -33,12 +41,45 @@ class RunConfig:
     device: str = "cpu"
 
 
-class TrainingCallback(BaseCallback):
-    """Logging, checkpoints and graceful stops (see the module docstring)."""
+def machine_description() -> str:
+    """Host name, architecture and processor of this machine (the ``machine`` of a run's record)."""
+    return f"{platform.node()} {platform.machine()} {platform.processor()}".strip()
 
-    def __init__(self, env: H1TrackingVecEnv, out_dir: Path, run: RunConfig, config: dict[str, Any]):
+
+def chunk_entry(config: dict[str, Any], env: H1TrackingVecEnv, steps_from: int) -> dict[str, Any]:
+    """The history entry of this training invocation, before it has trained (its own steps and time are 0)."""
+    machine = {
+        "description": config.get("machine") or machine_description(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "physics_threads": env.sim.num_threads,
+    }
+    return {
+        "command": config.get("command") or " ".join(sys.argv),
+        "machine": machine,
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "steps_from": steps_from,
+        "steps_to": steps_from,
+        "wall_s": 0.0,
+    }
+
+
+class TrainingCallback(BaseCallback):
+    """Logging, checkpoints and graceful stops (see the module docstring). ``history`` lists the earlier chunks of
+    the run; ``chunk`` is this invocation's entry (see :func:`chunk_entry`), updated at every save."""
+
+    def __init__(
+        self,
+        env: H1TrackingVecEnv,
+        out_dir: Path,
+        run: RunConfig,
+        config: dict[str, Any],
+        history: list[dict[str, Any]],
+        chunk: dict[str, Any],
+    ):
         super().__init__()
         self.env, self.out_dir, self.run, self.config = env, out_dir, run, config
+        self.history, self.chunk = history, chunk
         self.start = time.monotonic()
         self.last_ckpt = 0
         self.stop_requested = False  # set by a signal or the time limit
@@ -117,8 +158,16 @@ class TrainingCallback(BaseCallback):
         if self.bar is not None:
             self.bar.close()
 
+    def record(self, num_timesteps: int) -> dict[str, Any]:
+        """The checkpoint config at ``num_timesteps``: the run's record and its history, this chunk's entry brought
+        up to date (and left out while it has trained no step)."""
+        self.chunk.update(steps_to=int(num_timesteps), wall_s=round(time.monotonic() - self.start, 1))
+        trained = self.chunk["steps_to"] > self.chunk["steps_from"]
+        return {**self.config, "history": [*self.history, self.chunk] if trained else self.history}
+
     def save(self) -> None:
-        save_policy(self.out_dir / "checkpoints" / "latest", self.model, self.env, self.config)
+        config = self.record(self.model.num_timesteps)
+        save_policy(self.out_dir / "checkpoints" / "latest", self.model, self.env, config)
         self.last_ckpt = self.num_timesteps
 
 
@@ -163,14 +212,8 @@ def train_lowlevel(
         run.device,
         tensorboard_log=str(out_dir / "tb"),
     )
-    latest = out_dir / "checkpoints" / "latest"
-    if latest.exists():
-        tensors, saved, state = read_policy_config(latest, trainer_state=True)
-        if saved.get("tokenizer_id") != env.sim.ref.tokenizer_id:
-            raise ValueError(f"{latest}: trained on another tokenizer's tokens; use a new out_dir")
-        restore(model, env, tensors, saved, state)
-        print(f"resuming from {latest} at {model.num_timesteps} environment steps")
-    callback = TrainingCallback(env, out_dir, run, config)
+    history = _resume(model, env, out_dir / "checkpoints" / "latest")
+    callback = TrainingCallback(env, out_dir, run, config, history, chunk_entry(config, env, model.num_timesteps))
     t0 = time.monotonic()
     start_steps = model.num_timesteps
     remaining = run.total_steps - model.num_timesteps
@@ -187,6 +230,19 @@ def train_lowlevel(
         "finished": model.num_timesteps >= run.total_steps,
     }
     if summary["finished"]:
-        save_policy(out_dir / "final", model, env, config, with_state=False)
+        save_policy(out_dir / "final", model, env, callback.record(model.num_timesteps), with_state=False)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _resume(model: PPO, env: H1TrackingVecEnv, latest: Path) -> list[dict[str, Any]]:
+    """Restore ``model`` and ``env`` from the checkpoint ``latest`` when there is one; returns its chunk history
+    (empty for a new run or a checkpoint written before histories were recorded)."""
+    if not latest.exists():
+        return []
+    tensors, saved, state = read_policy_config(latest, trainer_state=True)
+    if saved.get("tokenizer_id") != env.sim.ref.tokenizer_id:
+        raise ValueError(f"{latest}: trained on another tokenizer's tokens; use a new out_dir")
+    restore(model, env, tensors, saved, state)
+    print(f"resuming from {latest} at {model.num_timesteps} environment steps")
+    return list(saved.get("history", []))

@@ -1,25 +1,32 @@
 """Shipping a trained model: the README that records how it was made (command, steps, time, machine, earlier
-stages) and its validation figures, written with an atomic copy of the run's ``final/`` that must load before it
-replaces the destination. Used by ``scripts/export_tokenizer.py`` and ``scripts/export_highlevel.py``."""
+stages) and its validation figures, written with an atomic copy of the run's checkpoint that must load before it
+replaces the destination. Used by ``scripts/export_tokenizer.py``, ``scripts/export_highlevel.py`` and
+``scripts/export_lowlevel.py``."""
 
 from __future__ import annotations
 
 import argparse
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 
+def cell(value: Any) -> str:
+    """A Markdown table cell: floats to 4 significant digits, anything else as ``str``."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A Markdown table (cells formatted by :func:`cell`)."""
+    lines = [header, ["---"] * len(header), *([cell(v) for v in row] for row in rows)]
+    return "\n".join("| " + " | ".join(line) + " |" for line in lines)
+
+
 def metrics_table(metrics: dict[str, Any], keys: tuple[str, ...]) -> str:
     """A two-column Markdown table of the ``keys`` present in ``metrics`` (floats to 4 significant digits)."""
-    rows = [
-        f"| `{k}` | {metrics[k]:.4g} |" if isinstance(metrics[k], float) else f"| `{k}` | {metrics[k]} |"
-        for k in keys
-        if k in metrics
-    ]
-    return "| metric | value |\n| --- | --- |\n" + "\n".join(rows)
+    return table(["metric", "value"], ([f"`{k}`", metrics[k]] for k in keys if k in metrics))
 
 
 def _stages(config: dict[str, Any]) -> list[str]:
@@ -53,13 +60,14 @@ def training_lines(config: dict[str, Any]) -> list[str]:
     ]
 
 
-def ship(src: Path, out: Path, readme: str, check: Callable[[Path], Any]) -> None:
+def ship(src: Path, out: Path, readme: str, check: Callable[[Path], Any], ignore: tuple[str, ...] = ()) -> None:
     """Copy the checkpoint directory ``src`` to ``out`` with ``readme`` as its README.md: built in a temporary
-    sibling, checked with ``check(copy)`` (which raises if the copy does not load), then moved into place."""
+    sibling, checked with ``check(copy)`` (which raises if the copy does not load), then moved into place. Files
+    matching the glob patterns ``ignore`` (e.g. a trainer state) are left out of the copy."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".export-"))
     try:
-        shutil.copytree(src, tmp / "ckpt")
+        shutil.copytree(src, tmp / "ckpt", ignore=shutil.ignore_patterns(*ignore))
         (tmp / "ckpt" / "README.md").write_text(readme)
         check(tmp / "ckpt")
         if out.exists():

@@ -10,7 +10,6 @@ Running the same command again resumes from out_dir/checkpoints/latest. The resu
 from __future__ import annotations
 
 import json
-import platform
 import sys
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from control.lowlevel import PolicyConfig, PPOConfig, tracking_config
-from control.lowlevel_train import RunConfig, train_lowlevel
+from control.lowlevel_train import RunConfig, machine_description, train_lowlevel
 from envs.reference import ReferenceLibrary, load_reference
 from envs.vec_env import H1TrackingVecEnv
 from motiontok.errors import CheckpointError, MotionDataError
@@ -49,7 +48,7 @@ def main(cfg: DictConfig) -> None:
             "run": OmegaConf.to_container(cfg.run, resolve=True),
             "clips": list(ref.names),
             "command": " ".join(sys.argv),
-            "machine": f"{platform.node()} {platform.machine()} {platform.processor()}".strip(),
+            "machine": machine_description(),
         }
         summary = train_lowlevel(env, cfg.out_dir, run, policy, ppo, record)
     except (MotionDataError, CheckpointError, ValueError, KeyError) as err:

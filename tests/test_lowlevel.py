@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
+import json
+import os
+import shutil
+from datetime import datetime, timedelta
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -20,6 +28,7 @@ from motiontok.errors import CheckpointError
 from motiontok.motion import MotionClip
 from tests.conftest import synthetic_qpos
 
+ROOT = Path(__file__).resolve().parent.parent
 SMALL = PolicyConfig(embed_dim=8, conv_channels=8, token_features=16, net_arch=[32])
 
 pytestmark = pytest.mark.usefixtures("reference_cache")
@@ -86,26 +95,147 @@ def test_checkpoint_round_trip_and_tokenizer_check(walk: ReferenceLibrary, tmp_p
     env.close()
 
 
-def _run(ref: ReferenceLibrary, out, total: int) -> dict:
-    env = H1TrackingVecEnv(ref, 4, TrackingConfig(num_threads=1), seed=0)
-    run = RunConfig(total_steps=total, num_envs=4, progress=False, ckpt_every=10**9, torch_threads=1)
-    summary = train_lowlevel(
-        env, out, run, SMALL, PPOConfig(n_steps=16, batch_size=32, n_epochs=2), {"policy": vars(SMALL)}
-    )
+COMMAND = "scripts/train_lowlevel.py out_dir=runs/tiny run.num_envs=4"
+
+
+def _run(ref: ReferenceLibrary, out, total: int, ckpt_every: int = 10**9) -> dict:
+    task = TrackingConfig(num_threads=1)
+    env = H1TrackingVecEnv(ref, 4, task, seed=0)
+    run = RunConfig(total_steps=total, num_envs=4, progress=False, ckpt_every=ckpt_every, torch_threads=1)
+    ppo = PPOConfig(n_steps=16, batch_size=32, n_epochs=2)
+    record = {"policy": vars(SMALL), "env": dataclasses.asdict(task), "ppo": vars(ppo), "run": vars(run),
+              "clips": list(ref.names), "command": COMMAND, "machine": "test-host x86_64"}  # fmt: skip
+    summary = train_lowlevel(env, out, run, SMALL, ppo, record)
     env.close()
     return summary
 
 
-def test_resumed_training_equals_uninterrupted(walk: ReferenceLibrary, tmp_path) -> None:
+@pytest.fixture(scope="module")
+def resumed_run(walk: ReferenceLibrary, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny run trained in two chunks: to 64 environment steps, then resumed to 192."""
+    out = tmp_path_factory.mktemp("resumed") / "run"
+    first = _run(walk, out, 64)
+    assert first["num_timesteps"] == 64 and first["finished"]
+    assert _run(walk, out, 192)["num_timesteps"] == 192
+    return out
+
+
+def _config(path: Path) -> dict:
+    return json.loads((path / "config.json").read_text())
+
+
+def test_resumed_training_equals_uninterrupted(walk: ReferenceLibrary, resumed_run: Path, tmp_path) -> None:
     whole = _run(walk, tmp_path / "a", 192)
-    first = _run(walk, tmp_path / "b", 64)
-    assert not (tmp_path / "b" / "final").exists() or first["finished"]
-    second = _run(walk, tmp_path / "b", 192)
-    assert whole["num_timesteps"] == second["num_timesteps"] == 192
+    assert whole["num_timesteps"] == 192
     a = load_file(str(tmp_path / "a" / "final" / "model.safetensors"))
-    b = load_file(str(tmp_path / "b" / "final" / "model.safetensors"))
+    b = load_file(str(resumed_run / "final" / "model.safetensors"))
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def test_a_resumed_run_records_one_history_entry_per_chunk(resumed_run: Path) -> None:
+    history = _config(resumed_run / "checkpoints" / "latest")["history"]
+    assert [(h["steps_from"], h["steps_to"]) for h in history] == [(0, 64), (64, 192)]  # contiguous
+    assert _config(resumed_run / "final")["history"] == history
+    for h in history:
+        assert h["command"] == COMMAND and h["wall_s"] >= 0
+        assert h["machine"] == {"description": "test-host x86_64", "cpu_count": os.cpu_count(), "torch_threads": 1,
+                                "physics_threads": 1}  # fmt: skip
+        assert datetime.fromisoformat(h["started"]).utcoffset() == timedelta(0)
+    assert history[0]["started"] <= history[1]["started"]
+
+
+def test_history_of_an_older_checkpoint_starts_at_its_steps_and_every_save_updates_it(
+    walk: ReferenceLibrary, resumed_run: Path, tmp_path, monkeypatch
+) -> None:
+    """A checkpoint without ``history`` (written before it was recorded) resumes; each periodic save brings the
+    current chunk's entry up to date."""
+    import control.lowlevel_train
+
+    latest = tmp_path / "run" / "checkpoints" / "latest"
+    shutil.copytree(resumed_run / "checkpoints" / "latest", latest)
+    config = _config(latest)
+    del config["history"]
+    (latest / "config.json").write_text(json.dumps(config))
+    saved = []
+
+    def recording_save(path, model, env, config, with_state=True):
+        saved.append((Path(path).name, [(h["steps_from"], h["steps_to"]) for h in config["history"]]))
+        return save_policy(path, model, env, config, with_state)
+
+    monkeypatch.setattr(control.lowlevel_train, "save_policy", recording_save)
+    assert _run(walk, tmp_path / "run", 320, ckpt_every=64)["num_timesteps"] == 320
+    assert saved == [("latest", [(192, 256)]), ("latest", [(192, 320)]), ("final", [(192, 320)])]
+
+
+def _export_main():
+    spec = importlib.util.spec_from_file_location("export_lowlevel", ROOT / "scripts" / "export_lowlevel.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+EVAL = {"success_rate": 0.75, "mean_episode_s": 3.25, "mpjpe_mm": 85.5, "mpjpe_decoded_mm": 90.25, "episodes": 10,
+        "per_theme": {"walk": {"success_rate": 0.875, "mean_episode_s": 4.5, "mpjpe_mm": 80.5,
+                               "mpjpe_decoded_mm": 88.0, "episodes": 8},
+                      "run": {"success_rate": 0.25, "mean_episode_s": 1.5, "mpjpe_mm": 107.5,
+                              "mpjpe_decoded_mm": 99.0, "episodes": 2}},
+        "clips": ["walk2_subject4", "run2_subject1"], "num_timesteps": 192}  # fmt: skip
+
+
+def test_export_ships_the_latest_checkpoint_without_trainer_state(
+    walk: ReferenceLibrary, resumed_run: Path, tmp_path, capsys
+) -> None:
+    run, out = tmp_path / "run", tmp_path / "shipped"
+    shutil.copytree(resumed_run / "checkpoints", run / "checkpoints")  # stopped before total_steps: no final/
+    (tmp_path / "eval.json").write_text(json.dumps(EVAL))
+    main = _export_main()
+    code = main(["--run", str(run), "--out", str(out), "--eval-json", str(tmp_path / "eval.json")])
+    assert code == 0, capsys.readouterr().err
+    assert "checkpoints/latest ->" in capsys.readouterr().out
+    assert (run / "checkpoints" / "latest" / "trainer_state.pt").exists() and not (out / "trainer_state.pt").exists()
+    _, config = load_actor(out, walk.tokenizer_id)
+    assert config["num_timesteps"] == 192
+    readme = (out / "README.md").read_text()
+    assert f"`python {COMMAND}`" in readme and walk.tokenizer_id in readme
+    assert "| `success_rate` | 0.75 |" in readme and "| `mpjpe_decoded_mm` | 90.25 |" in readme
+    assert "| walk | 0.875 | 4.5 | 80.5 | 88 | 8 |" in readme and "| run | 0.25 | 1.5 | 107.5 | 99 | 2 |" in readme
+    assert "| 1 | " in readme and " | 0 | 64 | " in readme and " | 64 | 192 | " in readme  # the chunk table
+    assert "action mode `pd_offset`" in readme and "walk9_subject0" in readme
+    shutil.copytree(resumed_run / "final", run / "final")  # a finished run ships final/, replacing the copy
+    assert main(["--run", str(run), "--out", str(out), "--eval-json", str(tmp_path / "eval.json")]) == 0
+    assert "final ->" in capsys.readouterr().out and load_actor(out, walk.tokenizer_id)[1]["num_timesteps"] == 192
+
+
+def test_export_refuses_a_foreign_tokenizer_and_bad_inputs(resumed_run: Path, tmp_path, capsys) -> None:
+    main = _export_main()
+    out = tmp_path / "shipped"
+    out.mkdir()
+    (out / "keep.txt").write_text("the shipped policy")
+    (tmp_path / "eval.json").write_text(json.dumps(EVAL))
+    other = MotionTokenizer.load()
+    with torch.no_grad():
+        other.model.decoder.out.bias.add_(0.5)
+    other.save(tmp_path / "other_tok")
+
+    def refused(run: Path, eval_json: Path, *extra: str) -> str:
+        code = main(["--run", str(run), "--out", str(out), "--eval-json", str(eval_json), *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+        return err
+
+    assert "trained on the tokens of tokenizer" in refused(
+        resumed_run, tmp_path / "eval.json", "--tokenizer", str(tmp_path / "other_tok")
+    )
+    (tmp_path / "bad.json").write_text("success_rate: 0.5")
+    assert "not JSON" in refused(resumed_run, tmp_path / "bad.json")
+    (tmp_path / "partial.json").write_text(json.dumps({"success_rate": 0.5}))
+    assert "per_theme" in refused(resumed_run, tmp_path / "partial.json")
+    assert "no such run directory" in refused(tmp_path / "missing", tmp_path / "eval.json")
+    (tmp_path / "empty_run").mkdir()
+    assert "no final/ or checkpoints/latest/" in refused(tmp_path / "empty_run", tmp_path / "eval.json")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".export-")] == []
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]  # nothing replaced
 
 
 def test_ppo_learns_to_stand(stand: ReferenceLibrary) -> None:
