@@ -9,7 +9,7 @@ TORCH_PIP_ARGS ?=
 DEMO_CLIP ?= dance2_subject2
 DEMO_OUT ?= outputs
 
-.PHONY: setup demo test lint bench data train clean
+.PHONY: setup demo demo-physics demo-ik test lint bench data train clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,12 +21,29 @@ $(BIN)/.installed: pyproject.toml
 
 setup: $(BIN)/.installed
 
-# Main job: a validation clip encoded to tokens by the shipped tokenizer, decoded, played back on the H1 by
-# inverse kinematics, rendered side by side with the reference (outputs/demo.mp4), metrics as JSON.
+# Main job: type a description and the H1 moves that way. The shipped high-level policy plans 64 tokens per window
+# from the text, the motion so far and a COM goal; the shipped tokenizer decodes them; the motion is played back by
+# IK (--kinematic: the shipped low-level policy does not keep the robot up yet, see README "Known limits").
+# Writes outputs/demo.mp4 and prints the metrics as JSON.
+DEMO_TEXT ?= dance
 demo: setup
 	@mkdir -p $(DEMO_OUT)
+	@echo "run_policy.py --kinematic: IK playback of the planned motion (the physics mode's low-level policy falls; see README)"
+	MUJOCO_GL=egl $(BIN)/python scripts/run_policy.py --text "$(DEMO_TEXT)" --kinematic --seconds 20 \
+		--video $(DEMO_OUT)/demo.mp4 --json
+
+# The same in physics: the low-level policy executes the tokens in MuJoCo at 100 Hz (stops when the robot falls).
+demo-physics: setup
+	@mkdir -p $(DEMO_OUT)
+	MUJOCO_GL=egl $(BIN)/python scripts/run_policy.py --text "walk forward" --seconds 10 \
+		--video $(DEMO_OUT)/demo_physics.mp4 --json
+
+# The tokenizer alone: a validation clip encoded to tokens, decoded, played back on the H1 by inverse kinematics,
+# rendered side by side with the reference (outputs/demo_ik.mp4), metrics as JSON.
+demo-ik: setup
+	@mkdir -p $(DEMO_OUT)
 	MUJOCO_GL=egl $(BIN)/python scripts/eval_ik_playback.py --data $(MOTIONTOK_DATA) --clips $(DEMO_CLIP) \
-		--checkpoint assets/checkpoints/tokenizer_h1 --video $(DEMO_OUT)/demo.mp4 --json
+		--checkpoint assets/checkpoints/tokenizer_h1 --video $(DEMO_OUT)/demo_ik.mp4 --json
 
 test: setup
 	MUJOCO_GL=egl $(BIN)/python -m pytest -q

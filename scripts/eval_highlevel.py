@@ -30,12 +30,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--val-files", nargs="+", default=list(PAPER_VAL_FILES), help="validation file stems")
     p.add_argument("--texts-per-theme", type=int, default=3, help="paraphrases per theme for faithfulness")
     p.add_argument("--windows", type=int, default=3, help="windows generated per text (from a standing start)")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance weight (1 = off)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p.parse_args(argv)
 
 
-def faithfulness(tokenizer, policy, config, encoder, desc, texts_per_theme: int, windows: int) -> dict[str, float]:
+def faithfulness(
+    tokenizer, policy, config, encoder, desc, texts_per_theme: int, windows: int, guidance: float = 1.0
+) -> dict[str, float]:
     """Per theme: the share of generated windows the theme classifier recognises as that theme."""
     from control.highlevel import load_theme_classifier
     from control.runner import Goal, Planner, generate
@@ -48,7 +51,7 @@ def faithfulness(tokenizer, policy, config, encoder, desc, texts_per_theme: int,
         goal = Goal(min(config.get("theme_speeds", {}).get(theme, 0.0), 5.0))
         hits = total = 0
         for i, emb in enumerate(encoder.encode(texts)):
-            rollout = generate(Planner(tokenizer, policy, emb, goal, seed=i), windows)
+            rollout = generate(Planner(tokenizer, policy, emb, goal, guidance=guidance, seed=i), windows)
             votes = clf.predict(rollout.features[L:].reshape(-1, L, rollout.features.shape[1]))
             hits, total = hits + votes.count(theme), total + len(votes)
         if total:
@@ -83,12 +86,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     config["_path"] = args.checkpoint
     metrics = data.evaluate(policy, 0.0, None)
-    faith = faithfulness(tokenizer, policy, config, encoder, load_descriptions(), args.texts_per_theme, args.windows)
+    faith = faithfulness(
+        tokenizer, policy, config, encoder, load_descriptions(), args.texts_per_theme, args.windows, args.guidance
+    )
     result = {
         **{k: round(v, 4) for k, v in metrics.items()},
         "text_faithfulness": round(sum(faith.values()) / max(len(faith), 1), 4),
         "text_faithfulness_per_theme": {k: round(v, 3) for k, v in faith.items()},
         "classifier_val_accuracy": config.get("classifier_val_accuracy"),
+        "guidance": args.guidance,
         "checkpoint": str(args.checkpoint or "shipped"),
     }
     print(json.dumps(result) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))

@@ -146,3 +146,24 @@ def test_export_highlevel_ships_a_loadable_copy_with_its_record(highlevel_dir: P
     code = export_highlevel.main(["--run", str(tmp_path / "run"), "--out", str(tmp_path / "x"), "--eval-json",
                                   str(tmp_path / "eval.json"), "--tokenizer", str(tmp_path / "other_tok")])  # fmt: skip
     assert code == 2 and "trained on tokenizer" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_shipped_highlevel_plans_valid_tokens_for_the_shipped_tokenizer() -> None:
+    """The shipped policy loads with the shipped tokenizer (fingerprints match) and plans 64 in-range codes whose
+    decoded window continues from the standing start (its first frame within a step of it)."""
+    from control.highlevel import load_highlevel
+    from control.runner import Planner, standing_features
+    from control.text import TextEncoder
+    from motiontok import features as feat
+    from motiontok.motion import forward_kinematics
+
+    tok = MotionTokenizer.load()
+    policy, config = load_highlevel(None, tok)
+    planner = Planner(tok, policy, TextEncoder().encode(["dance"])[0], Goal(0.4), seed=0)
+    start = standing_features(tok.fps)
+    qpos = feat.qpos_from_features(start, tok.fps)
+    plan = planner.plan(start, qpos, forward_kinematics(qpos).com)
+    assert plan.tokens.shape == (64,) and plan.tokens.min() >= 0 and plan.tokens.max() < tok.vocab_size
+    assert plan.features.shape == (32, 127) and np.isfinite(plan.features).all()
+    assert np.linalg.norm(plan.qpos[0, :2] - qpos[-1, :2]) < 0.2  # m: steps on from where the robot stands
+    assert set(config["themes"]) >= {"dance", "walk", "run"}
