@@ -39,6 +39,14 @@ class RunConfig:
     max_minutes: float = 0.0  # stop (after a checkpoint) past this wall-clock time; 0 = no limit
     progress: bool = True
     device: str = "cpu"
+    assist_start: float = 0.0  # virtual pelvis support at step 0 (envs.tracking.SUPPORT_GAINS x this); 0 = none
+    assist_steps: int = 0  # environment steps over which the support fades linearly to 0
+
+    def assist(self, num_timesteps: int) -> float:
+        """The support's scale at ``num_timesteps`` (the curriculum; evaluation and run_policy never use it)."""
+        if self.assist_start <= 0.0 or self.assist_steps <= 0:
+            return 0.0
+        return self.assist_start * max(0.0, 1.0 - num_timesteps / self.assist_steps)
 
 
 def machine_description() -> str:
@@ -116,6 +124,7 @@ class TrainingCallback(BaseCallback):
         if self.num_timesteps - self.last_ckpt >= self.run.ckpt_every or self.stop_requested:
             self.save()
         self.stopped = self.stop_requested
+        self.env.sim.assist = self.run.assist(self.num_timesteps)
         self._reset_stats()
 
     def _on_step(self) -> bool:
@@ -147,6 +156,7 @@ class TrainingCallback(BaseCallback):
             for k, v in self.reasons.items():  # share of ended episodes that each rule ended (rules may coincide)
                 log(f"termination/{k}", v / self.ended)
         log("time/env_steps_per_s", self.steps / max(time.monotonic() - self.t_rollout, 1e-9))
+        log("train/assist", self.env.sim.assist)
         if self.bar is not None and self.ended:
             self.bar.set_postfix(
                 ep_s=f"{self.ep_len_sum / self.ended / 100:.2f}",

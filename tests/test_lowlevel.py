@@ -21,7 +21,7 @@ from control.lowlevel_eval import run_episodes, spread_starts, summarize
 from control.lowlevel_policy import PatchConv1d
 from control.lowlevel_train import RunConfig, train_lowlevel
 from envs.reference import ReferenceLibrary
-from envs.tracking import TrackingConfig
+from envs.tracking import TrackingConfig, TrackingSim
 from envs.vec_env import H1TrackingVecEnv
 from motiontok import MotionTokenizer, robot
 from motiontok.errors import CheckpointError
@@ -337,3 +337,38 @@ def test_eval_script_errors(tmp_path, real_data_dir) -> None:
     assert out.returncode == 2 and "unknown clips" in out.stderr
     out = subprocess.run([*cmd, "--clips", "walk1_subject1"], capture_output=True, text=True)
     assert out.returncode == 2 and "missing model.safetensors" in out.stderr
+
+
+def test_assist_schedule_fades_linearly_to_none() -> None:
+    run = RunConfig(assist_start=2.0, assist_steps=1000)
+    for t in (0, 250, 999, 1000, 5000):
+        assert run.assist(t) == pytest.approx(max(0.0, 2.0 * (1 - t / 1000)))
+    assert RunConfig().assist(0) == 0.0 and RunConfig(assist_start=1.0).assist(0) == 0.0  # off without a length
+
+
+def test_pelvis_support_holds_the_robot_and_training_applies_it(stand: ReferenceLibrary, tmp_path) -> None:
+    """PD on the standing pose alone falls within 3 s; with the virtual support it stands; the support force is
+    zero on the reference and the training callback sets the curriculum's scale."""
+    lengths = []
+    for assist in (0.0, 2.0):
+        sim = TrackingSim(stand, 1, TrackingConfig(num_threads=1), seed=0)
+        sim.reset(starts=np.zeros(1, np.int64))
+        sim.assist = assist
+        steps = 0
+        while steps < 300:
+            _, _, term, _ = sim.step(np.zeros((1, robot.NU)))
+            steps += 1
+            if term[0]:
+                break
+        lengths.append(steps)
+        if assist:
+            sim.support_target = (sim.qpos.copy(), sim.qvel.copy())
+            sim._support(0, sim.datas[0])  # on its own target: no force
+            np.testing.assert_allclose(sim.datas[0].xfrc_applied[1], 0.0, atol=1e-9)
+        sim.close()
+    assert lengths[0] < 300 and lengths[1] == 300, lengths
+    env = H1TrackingVecEnv(stand, 4, TrackingConfig(num_threads=1), seed=0)
+    run = RunConfig(total_steps=128, num_envs=4, progress=False, torch_threads=1, assist_start=1.0, assist_steps=10**6)
+    train_lowlevel(env, tmp_path / "run", run, SMALL, PPOConfig(n_steps=16, batch_size=32, n_epochs=1), {})
+    assert env.sim.assist == pytest.approx(1.0 - 64 / 10**6, abs=1e-9)  # set at the 2nd rollout (64 steps done)
+    env.close()
