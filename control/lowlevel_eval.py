@@ -50,7 +50,7 @@ def run_episodes(
         if record is not None and alive[record]:
             frames_robot.append(sim.qpos[record].copy())
             frames_ref.append(ref.qpos[sim.idx[record]].copy())
-        action = policy.get_distribution(torch.as_tensor(obs)).mode().numpy()
+        action = policy.mean_action(torch.as_tensor(obs)).numpy()
         _, _, terminated, truncated = sim.step(action)
         key_local = sim.robot_state()["key_local"]
         dec = np.linalg.norm(key_local - ref.decoded_key_local[sim.idx], axis=-1).mean(-1)
