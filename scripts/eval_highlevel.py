@@ -36,27 +36,61 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+LABEL_GOALS = {
+    "stand": (0.0, 0.0),
+    "turn": (0.0, 1.2),
+    "walk": (1.0, 0.0),
+    "run": (3.0, 0.0),
+    "jump": (0.5, 0.0),
+    "crouch": (0.3, 0.0),
+    "on_ground": (0.0, 0.0),
+}
+"""COM goal (speed m/s, turn rate rad/s) for each activity label's texts: inside the label's band of
+control.text.window_label (stand below 0.4 m/s, walk 0.4-1.5, run above 2.2, a turn above 0.8 rad/s)."""
+
+
+def judged_share(planner_for, texts, windows: int, judge) -> float:
+    """Share of generated windows (``windows`` per text, from a standing start) that ``judge`` accepts;
+    ``planner_for(embedding, seed)`` makes the planner of a text, ``judge(windows (N, L, F))`` -> bools (N,)."""
+    from control.runner import generate
+
+    hits = []
+    for i, emb in enumerate(texts):
+        planner = planner_for(emb, i)
+        rollout, L = generate(planner, windows), planner.tokenizer.window
+        hits += list(judge(rollout.features[L:].reshape(-1, L, rollout.features.shape[1])))
+    return sum(hits) / max(len(hits), 1)
+
+
 def faithfulness(
     tokenizer, policy, config, encoder, desc, texts_per_theme: int, windows: int, guidance: float = 1.0
-) -> dict[str, float]:
-    """Per theme: the share of generated windows the theme classifier recognises as that theme."""
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Per theme: the share of generated windows the theme classifier recognises as that theme; per activity
+    label: the share of windows generated from the label's texts (and a COM goal in its band, LABEL_GOALS) that
+    control.text.window_label labels so (a rule that is exact on true windows)."""
+    import numpy as np
+
     from control.highlevel import load_theme_classifier
-    from control.runner import Goal, Planner, generate
+    from control.runner import Goal, Planner
+    from control.text import LABELS, window_label
+
+    def planner_for(goal: Goal):
+        return lambda emb, seed: Planner(tokenizer, policy, emb, goal, guidance=guidance, seed=seed)
 
     clf = load_theme_classifier(config["_path"])
-    L = tokenizer.window
-    out = {}
+    themes = {}
     for theme in config["themes"]:
-        texts = desc.texts(theme)[:texts_per_theme]
         goal = Goal(min(config.get("theme_speeds", {}).get(theme, 0.0), 5.0))
-        hits = total = 0
-        for i, emb in enumerate(encoder.encode(texts)):
-            rollout = generate(Planner(tokenizer, policy, emb, goal, guidance=guidance, seed=i), windows)
-            votes = clf.predict(rollout.features[L:].reshape(-1, L, rollout.features.shape[1]))
-            hits, total = hits + votes.count(theme), total + len(votes)
-        if total:
-            out[theme] = hits / total
-    return out
+        texts = encoder.encode(desc.texts(theme)[:texts_per_theme])
+        themes[theme] = judged_share(
+            planner_for(goal), texts, windows, lambda w, t=theme: np.array(clf.predict(w)) == t
+        )
+    labels = {}
+    for label in LABELS:
+        texts = encoder.encode(desc.label_paraphrases(label)[:texts_per_theme])
+        judge = lambda w, lab=label: [window_label(x, tokenizer.fps) == lab for x in w]  # noqa: E731
+        labels[label] = judged_share(planner_for(Goal(*LABEL_GOALS[label])), texts, windows, judge)
+    return themes, labels
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,13 +120,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     config["_path"] = args.checkpoint
     metrics = data.evaluate(policy, 0.0, None)
-    faith = faithfulness(
+    faith, label_faith = faithfulness(
         tokenizer, policy, config, encoder, load_descriptions(), args.texts_per_theme, args.windows, args.guidance
     )
     result = {
         **{k: round(v, 4) for k, v in metrics.items()},
         "text_faithfulness": round(sum(faith.values()) / max(len(faith), 1), 4),
         "text_faithfulness_per_theme": {k: round(v, 3) for k, v in faith.items()},
+        "label_faithfulness": round(sum(label_faith.values()) / max(len(label_faith), 1), 4),
+        "label_faithfulness_per_label": {k: round(v, 3) for k, v in label_faith.items()},
         "classifier_val_accuracy": config.get("classifier_val_accuracy"),
         "guidance": args.guidance,
         "checkpoint": str(args.checkpoint or "shipped"),

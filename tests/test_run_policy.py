@@ -13,6 +13,7 @@ import torch
 
 from control.highlevel import HIGHLEVEL_FORMAT, HighLevelConfig, HighLevelPolicy, config_dict
 from control.runner import Goal
+from control.text import LABELS
 from control.theme_classifier import ThemeClassifier
 from envs.reference import tokenizer_fingerprint
 from motiontok import MotionTokenizer
@@ -115,6 +116,9 @@ def test_eval_highlevel_reports_chance_level_for_an_untrained_policy(
     per_theme = result["text_faithfulness_per_theme"]
     assert set(per_theme) == set(THEMES) and all(v in (0.0, 1.0) for v in per_theme.values())
     assert result["text_faithfulness"] == pytest.approx(sum(per_theme.values()) / 2, abs=1e-4)
+    per_label = result["label_faithfulness_per_label"]
+    assert set(per_label) == set(LABELS) and all(v in (0.0, 1.0) for v in per_label.values())
+    assert result["label_faithfulness"] == pytest.approx(sum(per_label.values()) / len(LABELS), abs=1e-4)
     assert result["mpjpe_mm"] > 0 and result["com_goal_error_m"] > 0
 
 
