@@ -17,9 +17,12 @@ from pathlib import Path
 from control.highlevel import load_highlevel
 from motiontok import MotionTokenizer
 from motiontok.errors import CheckpointError
-from motiontok.records import export_parser, metrics_table, readme_text, ship, training_lines
+from motiontok.records import export_parser, metrics_table, readme_text, ship, table, training_lines
 
-KEYS = ("token_nll", "token_accuracy", "mpjpe_mm", "joint_rmse_deg", "com_goal_error_m", "text_faithfulness")
+KEYS = (
+    "token_nll", "token_accuracy", "mpjpe_mm", "joint_rmse_deg", "com_goal_error_m", "text_faithfulness",
+    "label_faithfulness",
+)  # fmt: skip
 
 
 def render_readme(config: dict, eval_metrics: dict, notes: str = "") -> str:
@@ -52,6 +55,15 @@ def render_readme(config: dict, eval_metrics: dict, notes: str = "") -> str:
         "| --- | --- | --- |",
         *[f"| {t} | {per_theme.get(t, float('nan')):.2f} | {judge.get(t, float('nan')):.2f} |" for t in per_theme],
     ]
+    per_label = eval_metrics.get("label_faithfulness_per_label", {})
+    if per_label:
+        lines += [
+            "",
+            "Label faithfulness (motion generated from each activity label's texts with a COM goal in the label's "
+            "speed band, judged by `control.text.window_label`, a rule that is exact on true windows):",
+            "",
+            table(["label", "generated"], ([k, v] for k, v in per_label.items())),
+        ]
     return readme_text(lines, notes)
 
 

@@ -130,7 +130,7 @@ def test_export_highlevel_ships_a_loadable_copy_with_its_record(highlevel_dir: P
     shutil.copytree(highlevel_dir, tmp_path / "run" / "final")
     metrics = {"token_nll": 2.25, "token_accuracy": 0.5, "text_faithfulness": 0.75,
                "text_faithfulness_per_theme": {"dance": 0.5, "walk": 1.0},
-               "classifier_val_accuracy": {"dance": 0.6}}  # fmt: skip
+               "classifier_val_accuracy": {"dance": 0.6}, "label_faithfulness_per_label": {"walk": 0.75}}  # fmt: skip
     (tmp_path / "eval.json").write_text(json.dumps(metrics))
     out = tmp_path / "shipped"
     code = export_highlevel.main(["--run", str(tmp_path / "run"), "--out", str(out), "--eval-json",
@@ -140,6 +140,7 @@ def test_export_highlevel_ships_a_loadable_copy_with_its_record(highlevel_dir: P
     assert (
         "| `token_nll` | 2.25 |" in readme and "| walk | 1.00 | nan |" in readme and "| dance | 0.50 | 0.60 |" in readme
     )
+    assert "| label | generated |\n| --- | --- |\n| walk | 0.75 |" in readme
     from control.highlevel import load_highlevel
 
     load_highlevel(out, MotionTokenizer.load())
