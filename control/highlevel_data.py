@@ -4,7 +4,7 @@ the next window, as a data module of the project's trainer (``motiontok.trainer.
 Examples are every ``stride``-th frame t of every clip with 32 frames before it and 32 after: the context is frames
 [t - 32, t), the target window [t, t + 32), encoded once by the frozen tokenizer (greedy codes, cached on disk per
 tokenizer and dataset). The text of an example is drawn at sampling time among the paraphrases of its file's theme
-or, with probability ``label_text``, of its target window's activity label (``control.text.window_label``), so that
+or, with probability ``label_text``, of its target window's activity label (``control.labels.window_label``), so that
 both "dance" and "stand still" have training windows.
 """
 
@@ -20,7 +20,8 @@ import torch
 from torch import Tensor
 
 from control.highlevel import HIGHLEVEL_FORMAT, Context, HighLevelPolicy, config_dict
-from control.text import LABELS, TextEncoder, cached_embeddings, load_descriptions
+from control.labels import LABELS
+from control.text import TextEncoder, cached_embeddings, load_descriptions
 from control.theme_classifier import ThemeClassifier
 from motiontok.checkpoint import atomic_path, save_checkpoint
 from motiontok.data import MotionDataset, split_train_val

@@ -46,7 +46,7 @@ LABEL_GOALS = {
     "on_ground": (0.0, 0.0),
 }
 """COM goal (speed m/s, turn rate rad/s) for each activity label's texts: inside the label's band of
-control.text.window_label (stand below 0.4 m/s, walk 0.4-1.5, run above 2.2, a turn above 0.8 rad/s)."""
+control.labels.window_label (stand below 0.4 m/s, walk 0.4-1.5, run above 2.2, a turn above 0.8 rad/s)."""
 
 
 def judged_share(planner_for, texts, windows: int, judge) -> float:
@@ -67,12 +67,12 @@ def faithfulness(
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Per theme: the share of generated windows the theme classifier recognises as that theme; per activity
     label: the share of windows generated from the label's texts (and a COM goal in its band, LABEL_GOALS) that
-    control.text.window_label labels so (a rule that is exact on true windows)."""
+    control.labels.window_label labels so (a rule that is exact on true windows)."""
     import numpy as np
 
     from control.highlevel import load_theme_classifier
+    from control.labels import LABELS, window_label
     from control.runner import Goal, Planner
-    from control.text import LABELS, window_label
 
     def planner_for(goal: Goal):
         return lambda emb, seed: Planner(tokenizer, policy, emb, goal, guidance=guidance, seed=seed)
@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from control.highlevel import load_highlevel
     from control.highlevel_data import HighLevelData, text_bank
-    from control.text import LABELS, TextEncoder, load_descriptions, window_label
+    from control.labels import LABELS, window_label
+    from control.text import TextEncoder, load_descriptions
     from motiontok import MotionTokenizer
     from motiontok.data import ensure_dataset
     from motiontok.errors import CheckpointError, MotionDataError

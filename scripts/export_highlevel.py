@@ -60,7 +60,7 @@ def render_readme(config: dict, eval_metrics: dict, notes: str = "") -> str:
         lines += [
             "",
             "Label faithfulness (motion generated from each activity label's texts with a COM goal in the label's "
-            "speed band, judged by `control.text.window_label`, a rule that is exact on true windows):",
+            "speed band, judged by `control.labels.window_label`, a rule that is exact on true windows):",
             "",
             table(["label", "generated"], ([k, v] for k, v in per_label.items())),
         ]

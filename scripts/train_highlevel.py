@@ -17,7 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from control.highlevel import DistillationObjective, HighLevelConfig, HighLevelPolicy
 from control.highlevel_data import HighLevelData, text_bank
-from control.text import LABELS, TextEncoder, window_label
+from control.labels import LABELS, window_label
+from control.text import TextEncoder
 from motiontok.data import ensure_dataset
 from motiontok.errors import CheckpointError, MotionDataError
 from motiontok.tokenizer import MotionTokenizer

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from control.highlevel import HIGHLEVEL_FORMAT, HighLevelConfig, HighLevelPolicy, config_dict
+from control.labels import LABELS
 from control.runner import Goal
-from control.text import LABELS
 from control.theme_classifier import ThemeClassifier
 from envs.reference import tokenizer_fingerprint
 from motiontok import MotionTokenizer
