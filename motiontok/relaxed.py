@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from motiontok.nets.trajectory import ARPosterior, NAPosterior, Posterior
+from motiontok.nets.posterior import ARPosterior, NAPosterior, Posterior
 
 
 def gumbel_noise(shape: torch.Size | tuple[int, ...], like: Tensor, generator: torch.Generator | None = None) -> Tensor:

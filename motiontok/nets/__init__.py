@@ -5,17 +5,19 @@ and likelihood."""
 from dataclasses import dataclass
 
 from motiontok.nets.images import ImageNetConfig, MLPDecoder, PatchEncoder, ResNetDecoder, bernoulli_log_prob
-from motiontok.nets.trajectory import (
+from motiontok.nets.posterior import (
     ARPosterior,
     NAPosterior,
     Posterior,
+    categorical_entropy,
+    categorical_log_prob,
+    sample_categorical,
+)
+from motiontok.nets.trajectory import (
     TrajectoryDecoder,
     TrajectoryEncoder,
     TrajectoryNetConfig,
-    categorical_entropy,
-    categorical_log_prob,
     gaussian_log_prob,
-    sample_categorical,
 )
 from motiontok.nets.transformer import (
     Attention,

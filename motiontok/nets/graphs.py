@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from motiontok.nets.trajectory import Posterior
+from motiontok.nets.posterior import Posterior
 
 
 class CudaGraphSampler:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from motiontok.nets.trajectory import ARPosterior
+from motiontok.nets.posterior import ARPosterior
 
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
 
