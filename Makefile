@@ -56,6 +56,8 @@ bench: setup
 	$(BIN)/python bench/bench_features_ik.py --data $(MOTIONTOK_DATA)
 	$(BIN)/python bench/bench_sampling.py
 	$(BIN)/python bench/bench_daps_step.py
+	$(BIN)/python bench/bench_env.py --data $(MOTIONTOK_DATA)
+	$(BIN)/python bench/bench_run_policy.py
 
 data: setup
 	$(BIN)/python scripts/prepare_lafan.py --csv-dir $(MOTIONTOK_DATA) --out data/lafan1_h1.h5

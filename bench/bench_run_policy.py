@@ -1,0 +1,88 @@
+"""Speed of run_policy.py's physics mode, one CPU thread, rendering off; prints one JSON object.
+
+    python bench/bench_run_policy.py [--lowlevel DIR] [--highlevel DIR] [--windows 8]
+
+A run of the main job is a chain of windows; each costs one plan (the high-level policy samples 64 tokens, the
+tokenizer decodes them, the plan becomes a reference, the robot's recent motion is resampled for the next context)
+and the control steps that execute it (observation, low-level policy, 5 physics substeps, rewards and fall test).
+Both are timed here on the shipped checkpoints, the control steps continuing through falls (the simulation is put
+back on the plan's start when the fall rule ends it) so that the figure does not depend on how long the robot
+stays up:
+
+* ``plan_ms``: mean time of one plan; ``control_step_ms``: mean time of one 100 Hz control step;
+* ``realtime_factor``: simulated seconds per wall second of windows made of one plan and its control steps (the
+  issue's target: at least 10).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from control.highlevel import load_highlevel
+from control.physics import TokenExecutor
+from control.runner import Goal, Planner
+from control.text import TextEncoder
+from envs.tracking import TrackingSim
+from motiontok import MotionTokenizer
+
+DEFAULT_LOWLEVEL = Path(__file__).resolve().parent.parent / "assets" / "checkpoints" / "lowlevel_h1"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--lowlevel", type=Path, default=DEFAULT_LOWLEVEL, help="low-level policy directory")
+    p.add_argument("--highlevel", type=Path, help="high-level policy directory (default: the shipped one)")
+    p.add_argument("--windows", type=int, default=8, help="windows timed (plans and their control steps)")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    tok = MotionTokenizer.load()
+    ex = TokenExecutor(tok, args.lowlevel)
+    policy, _ = load_highlevel(args.highlevel, tok)
+    planner = Planner(tok, policy, TextEncoder().encode(["walk forward"])[0], Goal(0.5), seed=0)
+    plan_s = step_s = 0.0
+    steps = 0
+    for _ in range(args.windows):
+        t0 = time.perf_counter()
+        plan = planner.plan(*ex.recent())
+        ref = ex.reference(plan)
+        if ex.sim is None:
+            ex.sim = TrackingSim(ref, 1, ex.cfg)
+            ex.sim.reset(starts=np.zeros(1, np.int64))
+        else:
+            ex.sim.follow(ref)
+        plan_s += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        states = []
+        for _ in range(ref.num_steps):
+            action = ex.policy.mean_action(torch.as_tensor(ex.sim.observe())).numpy()
+            _, _, terminated, _ = ex.sim.step(action)
+            states.append(ex.sim.qpos[0].copy())
+            if terminated[0]:
+                ex.sim.reset(starts=np.zeros(1, np.int64))
+        step_s += time.perf_counter() - t0
+        steps += ref.num_steps
+        ex.history.append(np.array(states))
+    window_steps = steps / args.windows
+    wall_per_window = plan_s / args.windows + step_s / steps * window_steps
+    print(
+        json.dumps(
+            {
+                "windows": args.windows,
+                "plan_ms": round(1000 * plan_s / args.windows, 2),
+                "control_step_ms": round(1000 * step_s / steps, 3),
+                "realtime_factor": round(window_steps / ex.fps / wall_per_window, 2),
+                "torch_threads": torch.get_num_threads(),
+            }
+        )
+    )
+    ex.close()
+
+
+if __name__ == "__main__":
+    main()
