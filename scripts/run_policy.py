@@ -2,13 +2,14 @@
 """Type a description, and the H1 moves that way: text + a centre-of-mass goal -> the high-level policy plans 64
 tokens per window from the robot's own recent motion -> the tokenizer decodes them -> the motion is played back.
 
-Modes: without ``--kinematic`` the low-level policy executes the tokens in MuJoCo at 100 Hz (assets/checkpoints/
+Modes: without --kinematic the low-level policy executes the tokens in MuJoCo at 100 Hz (assets/checkpoints/
 lowlevel_h1 or --lowlevel), each window planned from the robot's own recent motion, and the run stops if the robot
-falls; ``--kinematic`` plays the planned motion back by inverse kinematics (no physics).
+falls; --kinematic plays the planned motion back by inverse kinematics (no physics).
 
 Examples:
   python scripts/run_policy.py --text "dance" --kinematic --seconds 20 --json
   python scripts/run_policy.py --text "walk forward" --speed 1.2 --turn-rate 0.3 --kinematic --video walk.mp4
+  python scripts/run_policy.py --text "walk forward" --seconds 10 --json          # physics
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ DEFAULT_LOWLEVEL = Path(__file__).resolve().parent.parent / "assets" / "checkpoi
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
-        epilog="Exit status: 0 ok, 2 bad input (unknown text, bad goal, missing or mismatched checkpoint).",
+        epilog=__doc__.split("\n\n", 1)[1]
+        + "\nExit status: 0 ok, 2 bad input (unknown text, bad goal, missing or mismatched checkpoint).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--text", required=True, help='what the robot should do, e.g. "dance", "walk forward", "run"')
