@@ -40,13 +40,32 @@ class RunConfig:
     progress: bool = True
     device: str = "cpu"
     assist_start: float = 0.0  # virtual pelvis support at step 0 (envs.tracking.SUPPORT_GAINS x this); 0 = none
-    assist_steps: int = 0  # environment steps over which the support fades linearly to 0
+    assist_steps: int = 0  # linear: environment steps over which the support fades to 0
+    assist_mode: str = "linear"  # linear | adaptive (fades only while the policy keeps the robot up)
+    assist_fell_target: float = 0.5  # adaptive: fade while the smoothed share of episodes that fall is below this
 
     def assist(self, num_timesteps: int) -> float:
-        """The support's scale at ``num_timesteps`` (the curriculum; evaluation and run_policy never use it)."""
+        """The linear schedule's scale at ``num_timesteps`` (evaluation and run_policy never use the support)."""
         if self.assist_start <= 0.0 or self.assist_steps <= 0:
             return 0.0
         return self.assist_start * max(0.0, 1.0 - num_timesteps / self.assist_steps)
+
+
+ASSIST_RATE = 0.97
+"""Adaptive support: the factor applied per rollout (down while falls are rare, up while they are frequent)."""
+
+
+def adaptive_assist(run: RunConfig, scale: float, fell_ema: float) -> float:
+    """The next rollout's support scale: x ``ASSIST_RATE`` while the smoothed fall share is below
+    ``assist_fell_target``, / ``ASSIST_RATE`` (at most ``assist_start``) while it is 0.2 above, else unchanged; a
+    scale below 1% of the start becomes 0 for good."""
+    if scale <= 0.01 * run.assist_start:
+        return 0.0
+    if fell_ema < run.assist_fell_target:
+        scale *= ASSIST_RATE
+    elif fell_ema > run.assist_fell_target + 0.2:
+        scale = min(run.assist_start, scale / ASSIST_RATE)
+    return scale if scale > 0.01 * run.assist_start else 0.0
 
 
 def machine_description() -> str:
@@ -84,10 +103,15 @@ class TrainingCallback(BaseCallback):
         config: dict[str, Any],
         history: list[dict[str, Any]],
         chunk: dict[str, Any],
+        assist_state: dict[str, float] | None = None,
     ):
         super().__init__()
         self.env, self.out_dir, self.run, self.config = env, out_dir, run, config
         self.history, self.chunk = history, chunk
+        assist = assist_state or {"scale": run.assist_start, "fell_ema": 1.0}
+        env.sim.assist, self.fell_ema = float(assist["scale"]), float(assist["fell_ema"])
+        if run.assist_mode not in ("linear", "adaptive"):
+            raise ValueError(f"run.assist_mode must be linear or adaptive, got {run.assist_mode!r}")
         self.start = time.monotonic()
         self.last_ckpt = 0
         self.stop_requested = False  # set by a signal or the time limit
@@ -124,8 +148,17 @@ class TrainingCallback(BaseCallback):
         if self.num_timesteps - self.last_ckpt >= self.run.ckpt_every or self.stop_requested:
             self.save()
         self.stopped = self.stop_requested
-        self.env.sim.assist = self.run.assist(self.num_timesteps)
+        self._update_assist()
         self._reset_stats()
+
+    def _update_assist(self) -> None:
+        """Set the support for the coming rollout (linear schedule, or adaptive from the last rollout's falls)."""
+        if self.run.assist_mode == "linear":
+            self.env.sim.assist = self.run.assist(self.num_timesteps)
+            return
+        if self.ended:
+            self.fell_ema = 0.8 * self.fell_ema + 0.2 * self.fell / self.ended
+            self.env.sim.assist = adaptive_assist(self.run, self.env.sim.assist, self.fell_ema)
 
     def _on_step(self) -> bool:
         n = self.env.num_envs
@@ -173,7 +206,12 @@ class TrainingCallback(BaseCallback):
         up to date (and left out while it has trained no step)."""
         self.chunk.update(steps_to=int(num_timesteps), wall_s=round(time.monotonic() - self.start, 1))
         trained = self.chunk["steps_to"] > self.chunk["steps_from"]
-        return {**self.config, "history": [*self.history, self.chunk] if trained else self.history}
+        assist = {"scale": self.env.sim.assist, "fell_ema": self.fell_ema}
+        return {
+            **self.config,
+            "history": [*self.history, self.chunk] if trained else self.history,
+            "assist_state": assist,
+        }
 
     def save(self) -> None:
         config = self.record(self.model.num_timesteps)
@@ -222,8 +260,9 @@ def train_lowlevel(
         run.device,
         tensorboard_log=str(out_dir / "tb"),
     )
-    history = _resume(model, env, out_dir / "checkpoints" / "latest")
-    callback = TrainingCallback(env, out_dir, run, config, history, chunk_entry(config, env, model.num_timesteps))
+    history, assist = _resume(model, env, out_dir / "checkpoints" / "latest")
+    chunk = chunk_entry(config, env, model.num_timesteps)
+    callback = TrainingCallback(env, out_dir, run, config, history, chunk, assist)
     t0 = time.monotonic()
     start_steps = model.num_timesteps
     remaining = run.total_steps - model.num_timesteps
@@ -245,14 +284,14 @@ def train_lowlevel(
     return summary
 
 
-def _resume(model: PPO, env: H1TrackingVecEnv, latest: Path) -> list[dict[str, Any]]:
+def _resume(model: PPO, env: H1TrackingVecEnv, latest: Path) -> tuple[list[dict[str, Any]], dict | None]:
     """Restore ``model`` and ``env`` from the checkpoint ``latest`` when there is one; returns its chunk history
-    (empty for a new run or a checkpoint written before histories were recorded)."""
+    (empty for a new run or a checkpoint written before histories were recorded) and its support state (None)."""
     if not latest.exists():
-        return []
+        return [], None
     tensors, saved, state = read_policy_config(latest, trainer_state=True)
     if saved.get("tokenizer_id") != env.sim.ref.tokenizer_id:
         raise ValueError(f"{latest}: trained on another tokenizer's tokens; use a new out_dir")
     restore(model, env, tensors, saved, state)
     print(f"resuming from {latest} at {model.num_timesteps} environment steps")
-    return list(saved.get("history", []))
+    return list(saved.get("history", [])), saved.get("assist_state")

@@ -367,3 +367,36 @@ def test_pelvis_support_holds_the_robot_and_training_applies_it(stand: Reference
     train_lowlevel(env, tmp_path / "run", run, SMALL, PPOConfig(n_steps=16, batch_size=32, n_epochs=1), {})
     assert env.sim.assist == pytest.approx(1.0 - 64 / 10**6, abs=1e-9)  # set at the 2nd rollout (64 steps done)
     env.close()
+
+
+def test_adaptive_assist_fades_only_while_the_robot_stays_up() -> None:
+    from control.lowlevel_train import ASSIST_RATE, adaptive_assist
+
+    run = RunConfig(assist_start=2.0, assist_mode="adaptive", assist_fell_target=0.5)
+    assert adaptive_assist(run, 1.0, 0.3) == pytest.approx(ASSIST_RATE)  # few falls: less help
+    assert adaptive_assist(run, 1.0, 0.6) == 1.0  # in the band: unchanged
+    assert adaptive_assist(run, 1.0, 0.9) == pytest.approx(1.0 / ASSIST_RATE)  # many falls: more help
+    assert adaptive_assist(run, 1.99, 0.9) == 2.0  # never above the start
+    assert adaptive_assist(run, 0.0201, 0.0) == 0.0 and adaptive_assist(run, 0.0, 1.0) == 0.0  # off for good
+    scale = 2.0
+    for _ in range(200):
+        scale = adaptive_assist(run, scale, 0.0)
+    assert scale == 0.0  # 2 * 0.97^k falls below 1% of the start within 200 rollouts (k = 174)
+
+
+def test_adaptive_assist_state_is_saved_and_resumed(stand: ReferenceLibrary, tmp_path) -> None:
+    """The support scale and the smoothed fall share go into every checkpoint and a resumed run starts from them."""
+    env = H1TrackingVecEnv(stand, 4, TrackingConfig(num_threads=1), seed=0)
+    kw = dict(num_envs=4, progress=False, torch_threads=1, assist_start=1.0, assist_mode="adaptive")
+    ppo = PPOConfig(n_steps=16, batch_size=32, n_epochs=1)
+    train_lowlevel(env, tmp_path / "run", RunConfig(total_steps=128, **kw), SMALL, ppo, {})
+    saved = _config(tmp_path / "run" / "checkpoints" / "latest")["assist_state"]
+    assert saved == {"scale": env.sim.assist, "fell_ema": pytest.approx(saved["fell_ema"])}
+    env.sim.assist = 123.0  # a resumed run must not keep what the environment holds
+    train_lowlevel(env, tmp_path / "run", RunConfig(total_steps=128, **kw), SMALL, ppo, {})  # nothing left to do
+    assert env.sim.assist == saved["scale"]
+    with pytest.raises(ValueError, match="assist_mode"):
+        train_lowlevel(
+            env, tmp_path / "other", RunConfig(total_steps=64, **{**kw, "assist_mode": "cosine"}), SMALL, ppo, {}
+        )
+    env.close()
