@@ -107,10 +107,13 @@ def main(argv: list[str] | None = None) -> int:
         bar = tqdm(total=windows, desc="planning", unit="window", file=sys.stderr)
     t0 = time.perf_counter()
     progress = bar.update if bar else None
-    run = run_kinematic(planner, windows, args.seconds, progress) if executor is None else None
-    if executor is not None:
-        run = run_physics_mode(planner, executor, windows, args.seconds, progress)
-        executor.close()
+    if executor is None:
+        run = run_kinematic(planner, windows, args.seconds, progress)
+    else:
+        try:
+            run = run_physics_mode(planner, executor, windows, args.seconds, progress)
+        finally:
+            executor.close()
     wall = time.perf_counter() - t0
     if bar is not None:
         bar.close()
