@@ -3,7 +3,9 @@
     python scripts/eval_lowlevel.py --checkpoint assets/checkpoints/lowlevel_h1 --data $MOTIONTOK_DATA --json
     python scripts/eval_lowlevel.py --checkpoint runs/lowlevel/final --data DIR --clips walk2_subject4 --video out.mp4
 
-Episodes start from reference states spread evenly over each clip and last up to --seconds (or the clip's end).
+Episodes start from reference states spread evenly over each clip and last up to --seconds (or the clip's end); an
+episode fails by the standard fall rule (envs.rewards.TerminationConfig: BeyondMimic's), whatever rule the policy
+was trained with.
 The JSON has success_rate (no fall), mean_episode_s, mpjpe_mm (key points relative to the pelvis, against the true
 reference), mpjpe_decoded_mm (against the tokens' decoded motion), per_theme and episodes.
 Exit status: 0 ok, 2 bad arguments, data or checkpoint (one line on stderr).
@@ -66,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     except (MotionDataError, CheckpointError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    cfg = tracking_config({**config.get("env", {}), "episode_seconds": args.seconds, "num_threads": args.threads})
+    env = {**config.get("env", {}), "episode_seconds": args.seconds, "num_threads": args.threads}
+    cfg = tracking_config({**env, "termination": {}})  # a fall is the standard rule's, whatever the policy trained with
     starts, clips = spread_starts(ref, args.episodes_per_clip, args.seconds)
     result = run_episodes(policy, ref, cfg, starts, record=0 if args.video else None)
     summary = summarize(result, clips, ref, cfg.control_hz)

@@ -400,3 +400,23 @@ def test_adaptive_assist_state_is_saved_and_resumed(stand: ReferenceLibrary, tmp
             env, tmp_path / "other", RunConfig(total_steps=64, **{**kw, "assist_mode": "cosine"}), SMALL, ppo, {}
         )
     env.close()
+
+
+def test_eval_judges_falls_by_the_standard_rule(walk: ReferenceLibrary, real_data_dir, tmp_path) -> None:
+    """A policy trained with a loose termination rule is still judged by the standard one: an untrained policy
+    falls on a walking clip within 3 s, which the recorded (never-ending) rule would not call a fall."""
+    import subprocess
+    import sys
+
+    env = H1TrackingVecEnv(walk, 2, TrackingConfig(num_threads=1))
+    model = make_ppo(env, env.sim.layout, walk.vocab_size, SMALL, PPOConfig(n_steps=8, batch_size=16), seed=0)
+    never = {"termination": {"end_effector_height": 100.0, "root_height": 100.0, "tilt": 10.0}}
+    path = save_policy(tmp_path / "loose", model, env, {"policy": vars(SMALL), "env": never}, with_state=False)
+    env.close()
+    cmd = [sys.executable, "scripts/eval_lowlevel.py", "--checkpoint", str(path), "--data", str(real_data_dir),
+           "--clips", "walk1_subject1", "--episodes-per-clip", "2", "--seconds", "3", "--threads", "1",
+           "--json"]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["success_rate"] == 0.0 and result["mean_episode_s"] < 3.0
