@@ -143,7 +143,7 @@ def render_readme(config: dict[str, Any], eval_metrics: dict[str, Any], notes: s
         "## Use",
         "",
         f"Evaluate: `{EVAL_COMMAND}`. In code: `policy, config = load_actor('assets/checkpoints/lowlevel_h1', "
-        "tokenizer_id)`, then `policy.get_distribution(obs).mode()` for the actions of "
+        "tokenizer_id)`, then `policy.mean_action(obs)` for the deterministic actions of "
         "`envs.vec_env.H1TrackingVecEnv` observations.",
     ]
     return readme_text(lines, notes)
