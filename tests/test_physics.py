@@ -135,3 +135,15 @@ def test_physics_refuses_a_policy_of_another_tokenizer(
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_shipped_lowlevel_policy_loads_with_the_shipped_tokenizer(tokenizer: MotionTokenizer) -> None:
+    """The shipped policy's tokenizer fingerprint is the shipped tokenizer's, and it acts on a plan's reference."""
+    shipped = Path(__file__).resolve().parent.parent / "assets" / "checkpoints" / "lowlevel_h1"
+    ex = TokenExecutor(tokenizer, shipped)
+    clip = MotionClip("plan", synthetic_qpos(32, seed=2), 30.0)
+    plan = Plan(np.arange(64, dtype=np.int64), np.zeros((32, 127)), clip.qpos, np.zeros((32, 3)), np.zeros((32, 3)))
+    states, _ = ex.execute(plan)
+    assert len(states) >= 1 and np.isfinite(states).all()
+    assert not (ex.sim.prev_action == 0).all()  # the policy acted
+    ex.close()
