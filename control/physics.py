@@ -99,7 +99,7 @@ class TokenExecutor:
         states, fell = [], False
         for _ in range(ref.num_steps):
             obs = torch.as_tensor(self.sim.observe())
-            self.sim.step(self.policy.mean_action(obs).numpy())
+            self.sim.act(self.policy.mean_action(obs).numpy())
             states.append(self.sim.qpos[0].copy())
             fell = fallen(states[-1]) or bool(self.sim.unstable[0])
             if fell:

@@ -249,6 +249,26 @@ class TrackingSim:
     def step(self, action: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, np.ndarray]:
         """Advance all N by one control step. Returns reward (N,), reward terms {name: (N,)}, terminated (N,) and
         truncated (N,). Finished environments are not reset here (the caller decides)."""
+        action = self.advance(action)
+        err = tracking_errors(self.robot_state(), self.ref_state())
+        terms = reward_terms(err, np.sum((action - self.prev_action) ** 2, -1), self.cfg.reward)
+        self.prev_action[:] = action
+        self.last_reasons = {**termination_reasons(err, self.cfg.termination), "unstable": self.unstable.copy()}
+        terminated = np.logical_or.reduce(list(self.last_reasons.values()))
+        truncated = ~terminated & ((self.ep_steps >= self.max_steps) | (self.idx >= self.clip_last[self.idx]))
+        reward = np.where(self.unstable, 0.0, sum(terms.values()))
+        terms = {k: np.where(self.unstable, 0.0, v) for k, v in terms.items()}
+        self.last_errors = err
+        return reward, terms, terminated, truncated
+
+    def act(self, action: np.ndarray) -> None:
+        """One control step without rewards or termination rules (inference: ``run_policy.py`` has its own fall
+        test); ``unstable`` still flags a blown-up simulation."""
+        self.prev_action[:] = self.advance(action)
+
+    def advance(self, action: np.ndarray) -> np.ndarray:
+        """Check and clip actions (N, 19), run the physics of one control step, move the reference on; returns the
+        clipped actions (``prev_action`` is the caller's to update)."""
         action = np.asarray(action, np.float64)
         if action.shape != (self.num_envs, robot.NU):
             raise ValueError(f"actions must have shape ({self.num_envs}, {robot.NU}), got {action.shape}")
@@ -266,16 +286,7 @@ class TrackingSim:
         self.idx = np.minimum(self.idx + 1, self.clip_last[self.idx])  # a finished, not reset env stays at the end
         self.ep_steps += 1
         self._robot_state = None
-        err = tracking_errors(self.robot_state(), self.ref_state())
-        terms = reward_terms(err, np.sum((action - self.prev_action) ** 2, -1), self.cfg.reward)
-        self.prev_action[:] = action
-        self.last_reasons = {**termination_reasons(err, self.cfg.termination), "unstable": self.unstable.copy()}
-        terminated = np.logical_or.reduce(list(self.last_reasons.values()))
-        truncated = ~terminated & ((self.ep_steps >= self.max_steps) | (self.idx >= self.clip_last[self.idx]))
-        reward = np.where(self.unstable, 0.0, sum(terms.values()))
-        terms = {k: np.where(self.unstable, 0.0, v) for k, v in terms.items()}
-        self.last_errors = err
-        return reward, terms, terminated, truncated
+        return action
 
     # ------------------------------------------------------------------ state
     def robot_state(self) -> dict[str, np.ndarray]:

@@ -15,7 +15,7 @@ from control.lowlevel import PolicyConfig, PPOConfig, make_ppo, save_policy
 from control.physics import TokenExecutor, fallen, resample_tail
 from control.runner import Plan
 from envs.reference import ReferenceLibrary, step_arrays
-from envs.tracking import TrackingConfig
+from envs.tracking import TrackingConfig, TrackingSim
 from envs.vec_env import H1TrackingVecEnv
 from motiontok import MotionTokenizer, robot
 from motiontok.motion import MotionClip
@@ -147,3 +147,18 @@ def test_shipped_lowlevel_policy_loads_with_the_shipped_tokenizer(tokenizer: Mot
     assert len(states) >= 1 and np.isfinite(states).all()
     assert not (ex.sim.prev_action == 0).all()  # the policy acted
     ex.close()
+
+
+def test_act_is_step_without_scoring(walk: ReferenceLibrary) -> None:
+    """The inference step moves the robot, the reference and the previous action exactly as the training step."""
+    sims = [TrackingSim(walk, 2, TrackingConfig(num_threads=1), seed=0) for _ in range(2)]
+    rng = np.random.default_rng(0)
+    for sim in sims:
+        sim.reset(starts=np.array([3, 40]))
+    for _ in range(5):
+        action = rng.uniform(-1, 1, (2, robot.NU))
+        sims[0].step(action)
+        sims[1].act(action)
+    for name in ("qpos", "qvel", "idx", "ep_steps", "prev_action"):
+        np.testing.assert_array_equal(getattr(sims[0], name), getattr(sims[1], name), err_msg=name)
+    np.testing.assert_array_equal(sims[0].observe(), sims[1].observe())
