@@ -87,9 +87,9 @@ class TokenExecutor:
         return features[2:], qpos[2:], forward_kinematics(qpos[2:]).com
 
     @torch.no_grad()
-    def execute(self, plan) -> tuple[np.ndarray, bool]:
-        """Run one planned window; returns the robot's qpos (S, 26) over it and whether it fell (the window then
-        ends at the fall)."""
+    def execute(self, plan, restart_on_fall: bool = False) -> tuple[np.ndarray, bool]:
+        """Run one planned window; returns the robot's qpos (S, 26) over it and whether it fell. A fall ends the
+        window, or with ``restart_on_fall`` (benchmarks) puts the robot back on the plan's first frame."""
         ref = self.reference(plan)
         if self.sim is None:
             self.sim = TrackingSim(ref, 1, self.cfg)
@@ -101,9 +101,11 @@ class TokenExecutor:
             obs = torch.as_tensor(self.sim.observe())
             self.sim.act(self.policy.mean_action(obs).numpy())
             states.append(self.sim.qpos[0].copy())
-            fell = fallen(states[-1]) or bool(self.sim.unstable[0])
-            if fell:
-                break
+            if fallen(states[-1]) or self.sim.unstable[0]:
+                fell = True
+                if not restart_on_fall:
+                    break
+                self.sim.reset(starts=np.zeros(1, np.int64))
         self.history.append(np.array(states))
         return self.history[-1], fell
 
@@ -118,15 +120,16 @@ def run_physics(
     """Plan and execute ``windows`` windows, each planned from the robot's own last frames; stops at a fall."""
     out = PhysicsRollout(np.zeros((0, 26)), executor.fps)
     fps_ratio = planner.tokenizer.fps / executor.fps
+    features, qpos, com = executor.recent()
     for _ in range(windows):
-        features, qpos, com = executor.recent()
         plan = planner.plan(features, qpos, com)
         states, out.fell = executor.execute(plan)
         out.qpos = np.concatenate((out.qpos, states))
         out.tokens.append(plan.tokens)
         n = max(2, min(len(plan.com), round(len(states) * fps_ratio)))  # frames of the window the robot lived
-        _, _, realised = executor.recent(n)
-        out.goal_errors.append(goal_error(com, qpos[-1], realised, plan.goal_path[:n]))
+        past_com, last_qpos = com, qpos[-1]
+        features, qpos, com = executor.recent()  # the next plan's context; its tail is the window just lived
+        out.goal_errors.append(goal_error(past_com, last_qpos, com[-n:], plan.goal_path[:n]))
         if progress is not None:
             progress(1)
         if out.fell:

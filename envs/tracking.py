@@ -196,13 +196,14 @@ class TrackingSim:
         for i in range(lo, hi):
             d = self.datas[i]
             d.ctrl[:] = self.ctrl[i]
-            d.xfrc_applied[ROOT_BODY] = 0.0
             warned = d.warning.number[INSTABILITY_WARNINGS].sum()
+            assisted = self.assist > 0.0
             for _ in range(substeps):
-                if self.assist > 0.0:
+                if assisted:
                     self._support(i, d)
                 mujoco.mj_step(m, d)
-            d.xfrc_applied[ROOT_BODY] = 0.0
+            if assisted:
+                d.xfrc_applied[ROOT_BODY] = 0.0  # no support outlives its control step
             mujoco.mj_kinematics(m, d)  # mj_step leaves site positions of the state before its integration
             self._read(i)
             fast = np.abs(d.qvel).max() > MAX_JOINT_SPEED

@@ -161,7 +161,7 @@ def run_kinematic(planner, windows: int, seconds: float, progress) -> Run:
     tok = planner.tokenizer
     rollout = generate(planner, windows, progress)
     n = round(seconds * tok.fps) + tok.window  # the standing start, then the planned motion
-    qpos = playback(rollout.features, tok.fps)[:n]
+    qpos = playback(rollout.features[:n], tok.fps)  # IK is causal: the frames shown, no more
     seconds_done = (len(qpos) - tok.window) / tok.fps
     return Run(
         qpos, tok.fps, rollout.features[tok.window : n], rollout.com[tok.window : n], seconds_done,

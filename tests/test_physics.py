@@ -162,3 +162,18 @@ def test_act_is_step_without_scoring(walk: ReferenceLibrary) -> None:
     for name in ("qpos", "qvel", "idx", "ep_steps", "prev_action"):
         np.testing.assert_array_equal(getattr(sims[0], name), getattr(sims[1], name), err_msg=name)
     np.testing.assert_array_equal(sims[0].observe(), sims[1].observe())
+
+
+def test_a_fall_ends_the_window_unless_restarting(tokenizer: MotionTokenizer, lowlevel_dir: Path) -> None:
+    """A plan that starts with the pelvis at 0.3 m has fallen at once: the window stops after one step, or (the
+    benchmark's mode) runs all its steps from the plan's start again and again."""
+    low = synthetic_qpos(32, seed=1)
+    low[:, 2] = 0.3
+    plan = Plan(np.full(64, 5, np.int64), np.zeros((32, 127)), low, np.zeros((32, 3)), np.zeros((32, 3)))
+    stop, restart = TokenExecutor(tokenizer, lowlevel_dir), TokenExecutor(tokenizer, lowlevel_dir)
+    states, fell = stop.execute(plan)
+    assert fell and len(states) == 1
+    states, fell = restart.execute(plan, restart_on_fall=True)
+    assert fell and len(states) == restart.reference(plan).num_steps
+    stop.close()
+    restart.close()
