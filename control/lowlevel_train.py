@@ -25,8 +25,17 @@ import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 
-from control.lowlevel import PolicyConfig, PPOConfig, make_ppo, read_policy_config, restore, save_policy
+from control.lowlevel import (
+    PolicyConfig,
+    PPOConfig,
+    check_tokenizer,
+    make_ppo,
+    read_policy_config,
+    restore,
+    save_policy,
+)
 from envs.vec_env import H1TrackingVecEnv
+from motiontok.errors import CheckpointError
 
 
 @dataclass
@@ -43,6 +52,7 @@ class RunConfig:
     assist_steps: int = 0  # linear: environment steps over which the support fades to 0
     assist_mode: str = "linear"  # linear | adaptive (fades only while the policy keeps the robot up)
     assist_fell_target: float = 0.5  # adaptive: fade while the smoothed share of episodes that fall is below this
+    init_from: str = ""  # a new run starts from this policy's weights, steps and history (e.g. the shipped policy)
 
     def assist(self, num_timesteps: int) -> float:
         """The linear schedule's scale at ``num_timesteps`` (evaluation and run_policy never use the support)."""
@@ -261,6 +271,8 @@ def train_lowlevel(
         tensorboard_log=str(out_dir / "tb"),
     )
     history, assist = _resume(model, env, out_dir / "checkpoints" / "latest")
+    if model.num_timesteps == 0 and run.init_from:
+        history = warm_start(model, env, Path(run.init_from), config)
     chunk = chunk_entry(config, env, model.num_timesteps)
     callback = TrainingCallback(env, out_dir, run, config, history, chunk, assist)
     t0 = time.monotonic()
@@ -282,6 +294,35 @@ def train_lowlevel(
         save_policy(out_dir / "final", model, env, callback.record(model.num_timesteps), with_state=False)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def warm_start(model: PPO, env: H1TrackingVecEnv, source: Path, config: dict[str, Any]) -> list[dict[str, Any]]:
+    """Start a new run from the weights of the policy checkpoint ``source`` (a ``final/`` or exported directory,
+    no trainer state needed): a fresh optimizer and fresh episodes, the step count and chunk history carried on.
+    The policy must match this run: same tokenizer, observation layout, action mode and scale, network sizes."""
+    tensors, saved, _ = read_policy_config(source)
+    check_tokenizer(saved, env.sim.ref.tokenizer_id, source)
+    mine = _shape_of(config | {"layout": env.sim.layout.as_dict()})
+    differ = sorted(k for k, v in _shape_of(saved).items() if v != mine[k])
+    if differ:
+        raise CheckpointError(f"{source}: cannot start from this policy, its {', '.join(differ)} differ from the run's")
+    restore(model, env, tensors, saved, None)
+    print(f"starting from the weights of {source} at {model.num_timesteps} environment steps")
+    return list(saved.get("history", []))
+
+
+def _shape_of(config: dict[str, Any]) -> dict[str, Any]:
+    """What a policy's weights mean: observation layout, action mode and scale, network sizes (JSON-normalised)."""
+    env, policy = config.get("env", {}), config.get("policy", {})
+    return json.loads(
+        json.dumps(
+            {
+                "layout": config.get("layout"),
+                **{k: env.get(k) for k in ("action_mode", "action_scale", "next_tokens")},
+                **{k: policy.get(k) for k in ("embed_dim", "conv_channels", "token_features", "net_arch")},
+            }
+        )
+    )
 
 
 def _resume(model: PPO, env: H1TrackingVecEnv, latest: Path) -> tuple[list[dict[str, Any]], dict | None]:

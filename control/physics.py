@@ -20,7 +20,7 @@ import torch
 
 from control.highlevel_data import PAST
 from control.lowlevel import load_actor, tracking_config
-from control.runner import Planner, goal_error, standing_features
+from control.runner import Plan, Planner, goal_error, standing_features
 from envs.reference import ReferenceLibrary, step_arrays, tokenizer_fingerprint
 from envs.rewards import up_axis
 from envs.tracking import TrackingSim
@@ -70,9 +70,16 @@ class TokenExecutor:
         self.policy, config = load_actor(lowlevel, self.tokenizer_id)  # refuses another tokenizer's policy
         self.cfg = tracking_config({**config.get("env", {}), "num_threads": 1})
         self.fps = self.cfg.control_hz
-        self.sim: TrackingSim | None = None
-        standing = feat.qpos_from_features(standing_features(tokenizer.fps, 2 * PAST), tokenizer.fps)  # (2P, 26)
+        features = standing_features(tokenizer.fps, 2 * PAST)  # (2P, 127)
+        standing = feat.qpos_from_features(features, tokenizer.fps)  # (2P, 26)
         self.history = [MotionClip("standing", standing, tokenizer.fps).resample(self.fps).qpos]  # (S, 26) blocks
+        # Built here, not in the first execute(): compiling the scene is set-up, like loading the checkpoints. Its
+        # reference until the first plan is the standing start (placeholder tokens, never observed).
+        window = tokenizer.window
+        none = np.zeros((window, 3))
+        placeholder = Plan(np.zeros(tokenizer.num_tokens, np.int64), features[:window], standing[:window], none, none)
+        self.sim = TrackingSim(self.reference(placeholder), 1, self.cfg)
+        self.started = False
 
     def reference(self, plan) -> ReferenceLibrary:
         """The plan as a one-clip reference at the control rate."""
@@ -91,11 +98,10 @@ class TokenExecutor:
         """Run one planned window; returns the robot's qpos (S, 26) over it and whether it fell. A fall ends the
         window, or with ``restart_on_fall`` (benchmarks) puts the robot back on the plan's first frame."""
         ref = self.reference(plan)
-        if self.sim is None:
-            self.sim = TrackingSim(ref, 1, self.cfg)
+        self.sim.follow(ref)
+        if not self.started:  # the first plan's first frame: a reference state, as training starts its episodes
             self.sim.reset(starts=np.zeros(1, np.int64))
-        else:
-            self.sim.follow(ref)
+            self.started = True
         states, fell = [], False
         for _ in range(ref.num_steps):
             obs = torch.as_tensor(self.sim.observe())
@@ -110,8 +116,7 @@ class TokenExecutor:
         return self.history[-1], fell
 
     def close(self) -> None:
-        if self.sim is not None:
-            self.sim.close()
+        self.sim.close()
 
 
 def run_physics(

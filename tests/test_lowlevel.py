@@ -99,16 +99,18 @@ def test_checkpoint_round_trip_and_tokenizer_check(walk: ReferenceLibrary, tmp_p
 COMMAND = "scripts/train_lowlevel.py out_dir=runs/tiny run.num_envs=4"
 
 
-def _run(ref: ReferenceLibrary, out, total: int, ckpt_every: int = 10**9) -> dict:
+def _run(ref: ReferenceLibrary, out, total: int, ckpt_every: int = 10**9, init_from: str = "", policy=SMALL) -> dict:
     task = TrackingConfig(num_threads=1)
     env = H1TrackingVecEnv(ref, 4, task, seed=0)
-    run = RunConfig(total_steps=total, num_envs=4, progress=False, ckpt_every=ckpt_every, torch_threads=1)
+    run = RunConfig(total_steps=total, num_envs=4, progress=False, ckpt_every=ckpt_every, torch_threads=1,
+                    init_from=init_from)  # fmt: skip
     ppo = PPOConfig(n_steps=16, batch_size=32, n_epochs=2)
-    record = {"policy": vars(SMALL), "env": dataclasses.asdict(task), "ppo": vars(ppo), "run": vars(run),
+    record = {"policy": vars(policy), "env": dataclasses.asdict(task), "ppo": vars(ppo), "run": vars(run),
               "clips": list(ref.names), "command": COMMAND, "machine": "test-host x86_64"}  # fmt: skip
-    summary = train_lowlevel(env, out, run, SMALL, ppo, record)
-    env.close()
-    return summary
+    try:
+        return train_lowlevel(env, out, run, policy, ppo, record)
+    finally:
+        env.close()
 
 
 @pytest.fixture(scope="module")
@@ -169,6 +171,26 @@ def test_history_of_an_older_checkpoint_starts_at_its_steps_and_every_save_updat
     monkeypatch.setattr(control.lowlevel_train, "save_policy", recording_save)
     assert _run(walk, tmp_path / "run", 320, ckpt_every=64)["num_timesteps"] == 320
     assert saved == [("latest", [(192, 256)]), ("latest", [(192, 320)]), ("final", [(192, 320)])]
+
+
+def test_a_new_run_starts_from_a_shipped_policy_and_carries_its_history_on(
+    walk: ReferenceLibrary, resumed_run: Path, tmp_path
+) -> None:
+    """``run.init_from``: weights, steps and history of a checkpoint without trainer state (an exported policy)."""
+    shipped = tmp_path / "shipped"
+    shutil.copytree(resumed_run / "final", shipped)
+    assert not (shipped / "trainer_state.pt").exists()
+    assert _run(walk, tmp_path / "same", 192, init_from=str(shipped))["num_timesteps"] == 192  # nothing to train
+    a = load_file(str(shipped / "model.safetensors"))
+    b = load_file(str(tmp_path / "same" / "final" / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)  # the weights it starts from, exactly
+    assert _run(walk, tmp_path / "more", 256, init_from=str(shipped))["num_timesteps"] == 256
+    history = _config(tmp_path / "more" / "final")["history"]
+    assert [(h["steps_from"], h["steps_to"]) for h in history] == [(0, 64), (64, 192), (192, 256)]
+    wider = PolicyConfig(embed_dim=8, conv_channels=8, token_features=16, net_arch=[48])
+    with pytest.raises(CheckpointError, match="net_arch differ"):
+        _run(walk, tmp_path / "wider", 256, init_from=str(shipped), policy=wider)
 
 
 def _export_main():
