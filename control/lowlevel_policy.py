@@ -81,12 +81,17 @@ class TokenFeatures(BaseFeaturesExtractor):
             )
         return ids
 
-    def forward(self, obs: Tensor) -> Tensor:
+    def token_code(self, obs: Tensor) -> Tensor:
+        """(B, token_features): the tokens' part of the features (constant while the tokens are)."""
         ids = self.token_ids(obs)  # (B, blocks * 64)
         b, n = ids.shape[0], self.layout["tokens"][1] - self.layout["tokens"][0]
         emb = self.embed(ids).view(b, -1, n, self.embed.embedding_dim)  # (B, blocks, 64, E)
         emb = emb.permute(0, 2, 1, 3).reshape(b, n, -1)  # (B, 64, blocks * E): both windows' token at a position
-        tokens = self.proj(self.conv(emb).flatten(1))  # (B, 4 * C) -> (B, token_features)
+        return self.proj(self.conv(emb).flatten(1))  # (B, 4 * C) -> (B, token_features)
+
+    def forward(self, obs: Tensor, token_code: Tensor | None = None) -> Tensor:
+        """(B, features); ``token_code`` (B, token_features) of :meth:`token_code` for these tokens skips them."""
+        tokens = self.token_code(obs) if token_code is None else token_code
         return torch.cat([tokens, _cols(obs, tuple(self.layout["proprio"]))], dim=1)
 
 
@@ -120,8 +125,9 @@ class TokenActorCriticPolicy(ActorCriticPolicy):
         super()._build(lr_schedule)
 
     @torch.no_grad()
-    def mean_action(self, obs: Tensor) -> Tensor:
+    def mean_action(self, obs: Tensor, token_code: Tensor | None = None) -> Tensor:
         """(B, 19) the deterministic action (the Gaussian's mean, unclipped) of observations (B, obs): the actor path
-        of :meth:`get_distribution` without building the distribution (the 100 Hz inference loop)."""
-        features = self.pi_features_extractor(obs.float())  # Box observations need no other preprocessing
+        of :meth:`get_distribution` without building the distribution (the 100 Hz inference loop). ``token_code``:
+        ``pi_features_extractor.token_code(obs)`` computed once while the tokens stay the same (a whole window)."""
+        features = self.pi_features_extractor(obs.float(), token_code)  # Box observations need no other preprocessing
         return self.action_net(self.mlp_extractor.forward_actor(features))

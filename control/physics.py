@@ -103,9 +103,12 @@ class TokenExecutor:
             self.sim.reset(starts=np.zeros(1, np.int64))
             self.started = True
         states, fell = [], False
+        code = None  # the plan's tokens, embedded once: they are the same at every step of the window
         for _ in range(ref.num_steps):
-            obs = torch.as_tensor(self.sim.observe())
-            self.sim.act(self.policy.mean_action(obs).numpy())
+            obs = torch.as_tensor(self.sim.observe(actor_only=True))
+            if code is None:
+                code = self.policy.pi_features_extractor.token_code(obs)
+            self.sim.act(self.policy.mean_action(obs, code).numpy())
             states.append(self.sim.qpos[0].copy())
             if fallen(states[-1]) or self.sim.unstable[0]:
                 fell = True

@@ -4,7 +4,8 @@ next window is planned from the motion just produced (``run_policy.py`` plays th
 tokens to the low-level policy in physics).
 
 The COM goal of a window: the COM moves at ``speed`` (m/s, horizontally) along the current heading while the
-heading turns at ``turn_rate`` (rad/s), from the COM's current ground point; its height stays the current one.
+heading turns at ``turn_rate`` (rad/s), from the COM's current ground point; its height stays the current one or,
+with ``height``, goes there within the window (a smooth step), so that crouching or getting down can be asked for.
 """
 
 from __future__ import annotations
@@ -27,14 +28,18 @@ MAX_SPEED = 6.0
 """m/s: above what the data holds (LAFAN sprints peak near 5 m/s); a larger COM goal is refused."""
 MAX_TURN_RATE = 3.0
 """rad/s."""
+HEIGHT_RANGE = (0.1, 1.3)
+"""m: COM heights a goal may ask for (the data's COM: 0.99 m standing, 0.6 crouching, 0.3 on the ground)."""
 
 
 @dataclass(frozen=True)
 class Goal:
-    """The COM goal: horizontal speed (m/s) along the heading, which turns at ``turn_rate`` (rad/s, left > 0)."""
+    """The COM goal: horizontal speed (m/s) along the heading, which turns at ``turn_rate`` (rad/s, left > 0), and
+    optionally a COM ``height`` (m) to reach (None: keep the current one)."""
 
     speed: float = 0.0
     turn_rate: float = 0.0
+    height: float | None = None
 
     def __post_init__(self) -> None:
         for name, value, limit in (("speed", self.speed, MAX_SPEED), ("turn_rate", self.turn_rate, MAX_TURN_RATE)):
@@ -42,13 +47,20 @@ class Goal:
                 raise ValueError(f"COM goal {name} must be a finite number within +-{limit}, got {value}")
         if self.speed < 0:
             raise ValueError(f"COM goal speed must be >= 0 (turn around with turn_rate), got {self.speed}")
+        lo, hi = HEIGHT_RANGE
+        if self.height is not None and not (np.isfinite(self.height) and lo <= self.height <= hi):
+            raise ValueError(f"COM goal height must be a number of metres in [{lo}, {hi}], got {self.height}")
 
     def path(self, fps: float, height: float, n: int = FUTURE) -> np.ndarray:
-        """The next ``n`` COM positions (n, 3) in the current heading frame, from the current ground point."""
+        """The next ``n`` COM positions (n, 3) in the current heading frame, from the current ground point and the
+        current COM ``height``, which moves to the goal's height (if any) along a smooth step over the n frames."""
         k = np.arange(1, n + 1)
         yaw = self.turn_rate * k / fps  # (n,)
         xy = np.cumsum(np.stack((np.cos(yaw), np.sin(yaw)), 1) * self.speed / fps, axis=0)  # (n, 2)
-        return np.concatenate((xy, np.full((n, 1), height)), axis=1)
+        u = k / n  # (n,) in (0, 1]
+        target = height if self.height is None else self.height
+        z = height + (target - height) * u * u * (3.0 - 2.0 * u)  # (n,) smooth step, reaching the target at n
+        return np.concatenate((xy, z[:, None]), axis=1)
 
 
 def standing_features(fps: float, frames: int = PAST) -> np.ndarray:

@@ -78,29 +78,44 @@ def observe(
     ref: ReferenceLibrary,
     idx: np.ndarray,
     robot_state: dict[str, np.ndarray],
-    ref_state: dict[str, np.ndarray],
+    ref_state: dict[str, np.ndarray] | None,
     prev_action: np.ndarray,
 ) -> np.ndarray:
-    """(N, layout.size) float32 observations at reference steps ``idx`` (N,) (see the module docstring)."""
+    """(N, layout.size) float32 observations at reference steps ``idx`` (N,) (see the module docstring). With
+    ``ref_state`` None (inference: only the actor reads the observation) the privileged block is zeros and the robot
+    state needs only ``qpos`` and ``qvel``."""
     q, r = robot_state, ref_state
     n = len(idx)
     phase = ref.phase[idx][:, None]  # (N, 1)
+    rot = quat_to_mat(q["qpos"][:, 3:7])  # (N, 3, 3) pelvis to world
     proprio = np.concatenate(
         [
             phase,
             q["qpos"][:, 7:],
             q["qvel"][:, 6:] * JOINT_VEL_SCALE,
-            _gravity(q["qpos"]),
+            -rot[:, 2, :],  # world down in the pelvis frame (as _gravity)
             q["qvel"][:, 3:6] * ANG_VEL_SCALE,
             prev_action,
             ref.decoded_joints[idx],
-            np.einsum("nji,nj->ni", quat_to_mat(q["qpos"][:, 3:7]), q["qvel"][:, :3]),  # R^T v: pelvis frame
+            np.einsum("nji,nj->ni", rot, q["qvel"][:, :3]),  # R^T v: pelvis frame
             ref.decoded_root[idx],
         ],
         axis=1,
     )
+    privileged = np.zeros((n, PRIVILEGED)) if r is None else _privileged(q, r, phase)
+    blocks = [ref.tokens[ref.window[idx]]]
+    if layout.next_tokens is not None:
+        blocks.append(ref.tokens[ref.next_window[idx]])
+    obs = np.concatenate([*blocks, proprio, privileged], axis=1).astype(np.float32)
+    assert obs.shape == (n, layout.size), (obs.shape, layout)
+    return obs
+
+
+def _privileged(q: dict[str, np.ndarray], r: dict[str, np.ndarray], phase: np.ndarray) -> np.ndarray:
+    """(N, PRIVILEGED) the critic's view of the true reference (see the module docstring)."""
+    n = len(phase)
     heading_t = _heading_t(q["qpos"])  # (N, 3, 3)
-    privileged = np.concatenate(
+    return np.concatenate(
         [
             (r["key_local"] - q["key_local"]).reshape(n, -1),
             q["qpos"][:, 2:3],
@@ -115,9 +130,3 @@ def observe(
         ],
         axis=1,
     )
-    blocks = [ref.tokens[ref.window[idx]]]
-    if layout.next_tokens is not None:
-        blocks.append(ref.tokens[ref.next_window[idx]])
-    obs = np.concatenate([*blocks, proprio, privileged], axis=1).astype(np.float32)
-    assert obs.shape == (n, layout.size), (obs.shape, layout)
-    return obs

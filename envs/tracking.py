@@ -321,9 +321,14 @@ class TrackingSim:
             "key_vel": (r.key_pos[i] - r.key_pos[prev]) * self.cfg.control_hz,
         }
 
-    def observe(self) -> np.ndarray:
-        """(N, layout.size) float32 observations (actor part and the critic's privileged part)."""
-        return observe(self.layout, self.ref, self.idx, self.robot_state(), self.ref_state(), self.prev_action)
+    def observe(self, actor_only: bool = False) -> np.ndarray:
+        """(N, layout.size) float32 observations (actor part and the critic's privileged part); ``actor_only``
+        (inference) leaves the privileged part zero and skips what only it and the rewards need."""
+        if not actor_only:
+            return observe(self.layout, self.ref, self.idx, self.robot_state(), self.ref_state(), self.prev_action)
+        bad = self.unstable[:, None]
+        state = {"qpos": np.where(bad, self.ref.qpos[self.idx], self.qpos), "qvel": np.where(bad, 0.0, self.qvel)}
+        return observe(self.layout, self.ref, self.idx, state, None, self.prev_action)
 
     def get_state(self) -> dict[str, np.ndarray]:
         """Everything needed to continue exactly: physics states, episode counters, RNG."""

@@ -37,16 +37,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 LABEL_GOALS = {
-    "stand": (0.0, 0.0),
-    "turn": (0.0, 1.2),
-    "walk": (1.0, 0.0),
-    "run": (3.0, 0.0),
-    "jump": (0.5, 0.0),
-    "crouch": (0.3, 0.0),
-    "on_ground": (0.0, 0.0),
+    "stand": (0.0, 0.0, None),
+    "turn": (0.0, 1.2, None),
+    "walk": (1.0, 0.0, None),
+    "run": (3.0, 0.0, None),
+    "jump": (0.5, 0.0, None),
+    "crouch": (0.3, 0.0, 0.6),
+    "on_ground": (0.0, 0.0, 0.3),
 }
-"""COM goal (speed m/s, turn rate rad/s) for each activity label's texts: inside the label's band of
-control.labels.window_label (stand below 0.4 m/s, walk 0.4-1.5, run above 2.2, a turn above 0.8 rad/s)."""
+"""COM goal (speed m/s, turn rate rad/s, height m or None to keep it) for each activity label's texts: inside the
+label's band of control.labels.window_label (stand below 0.4 m/s, walk 0.4-1.5, run above 2.2, a turn above 0.8
+rad/s) and at the label's median COM height in the data (crouch 0.60 m, on the ground 0.30 m)."""
 
 
 def judged_share(planner_for, texts, windows: int, judge) -> float:

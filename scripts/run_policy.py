@@ -41,6 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--text", required=True, help='what the robot should do, e.g. "dance", "walk forward", "run"')
     p.add_argument("--speed", type=float, help="COM goal speed in m/s (default: the matched theme's typical speed)")
     p.add_argument("--turn-rate", type=float, default=0.0, help="COM goal turn rate in rad/s, left > 0 (default 0)")
+    p.add_argument(
+        "--height", type=float, help="COM goal height in m, e.g. 0.6 to crouch, 0.3 to get down (default: keep it)"
+    )
     p.add_argument("--seconds", type=float, default=20.0, help="length of the motion (default 20)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--temperature", type=float, default=1.0, help="token sampling temperature; 0 = greedy")
@@ -91,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         encoder = TextEncoder(args.text_encoder)
         match = ThemeMatcher(encoder, load_descriptions()).match(args.text)
         speed = args.speed if args.speed is not None else config.get("theme_speeds", {}).get(match.theme, 0.0)
-        goal = Goal(speed, args.turn_rate)
+        goal = Goal(speed, args.turn_rate, args.height)
     except (CheckpointError, UnknownTextError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -122,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         "theme_matched": match.theme,
         "text_similarity": round(match.similarity, 3),
         "mode": "kinematic" if executor is None else "physics",
-        "com_goal": {"speed": goal.speed, "turn_rate": goal.turn_rate},
+        "com_goal": {"speed": goal.speed, "turn_rate": goal.turn_rate, "height": goal.height},
         **summarize(run, tokenizer, args.highlevel),
         "realtime_factor": round(run.seconds / wall, 2),
     }

@@ -111,6 +111,20 @@ def test_observations_shapes_and_blocks(ref: ReferenceLibrary) -> None:
         env.close()
 
 
+def test_actor_only_observation_is_the_actors_part_of_the_full_one(ref: ReferenceLibrary) -> None:
+    """Inference reads the actor's columns only; they must not differ from what the policy saw in training."""
+    sim = TrackingSim(ref, 3, TrackingConfig(num_threads=1), seed=1)
+    sim.reset()
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        sim.step(rng.uniform(-1, 1, (3, robot.NU)))
+    full, lean = sim.observe(), sim.observe(actor_only=True)
+    actor = slice(0, sim.layout.privileged[0])
+    np.testing.assert_array_equal(lean[:, actor], full[:, actor])
+    np.testing.assert_array_equal(lean[:, slice(*sim.layout.privileged)], 0.0)
+    assert np.abs(full[:, slice(*sim.layout.privileged)]).max() > 0  # the full one does carry the reference
+
+
 def test_vectorised_env_equals_single_envs_step_for_step(ref: ReferenceLibrary) -> None:
     starts = np.array([3, 120, ref.clip_start[1] + 5])
     vec = H1TrackingVecEnv(ref, 3, TrackingConfig(num_threads=2), seed=0)

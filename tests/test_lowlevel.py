@@ -88,6 +88,8 @@ def test_checkpoint_round_trip_and_tokenizer_check(walk: ReferenceLibrary, tmp_p
     with torch.no_grad():
         torch.testing.assert_close(actor.get_distribution(obs).mode(), model.policy.get_distribution(obs).mode())
         torch.testing.assert_close(actor.mean_action(obs), actor.get_distribution(obs).mode())  # the fast path
+        code = actor.pi_features_extractor.token_code(obs)  # the tokens embedded once per window
+        torch.testing.assert_close(actor.mean_action(obs, code), actor.mean_action(obs), rtol=0, atol=0)
     assert config["tokenizer_id"] == walk.tokenizer_id and config["num_timesteps"] == 32
     with pytest.raises(CheckpointError, match="trained on the tokens of tokenizer"):
         load_actor(path, "0123456789abcdef")

@@ -54,7 +54,7 @@ def test_kinematic_run_reports_its_metrics(highlevel_dir: Path, capsys) -> None:
     assert result["theme_matched"] == "dance" and result["theme_recognised"] in THEMES
     assert result["seconds_simulated"] == 2.5
     assert result["replans"] == math.ceil(2.5 * 30 / 32) == 3
-    assert result["com_goal"] == {"speed": 0.8, "turn_rate": 0.2}
+    assert result["com_goal"] == {"speed": 0.8, "turn_rate": 0.2, "height": None}
     for key in ("mean_com_speed", "com_goal_error", "realtime_factor"):
         assert np.isfinite(result[key]) and result[key] >= 0
     assert isinstance(result["fell"], bool) and sum(result["theme_votes"].values()) == 2  # whole windows in 2.5 s
@@ -66,6 +66,8 @@ def test_kinematic_run_reports_its_metrics(highlevel_dir: Path, capsys) -> None:
         (["--text", "bake a chocolate cake", "--kinematic"], "closest"),
         (["--text", "dance", "--kinematic", "--speed", "nan"], "finite"),
         (["--text", "dance", "--kinematic", "--speed", "40"], "within"),
+        (["--text", "dance", "--kinematic", "--height", "2.5"], "height"),
+        (["--text", "dance", "--kinematic", "--height", "nan"], "height"),
         (["--text", "dance", "--lowlevel", "/nonexistent"], "--kinematic"),
     ],
 )
@@ -97,6 +99,19 @@ def test_goal_path_turns_at_the_requested_rate() -> None:
         np.testing.assert_allclose(path[k], [x, y, 0.9], atol=1e-12)
     speeds = np.linalg.norm(np.diff(path[:, :2], axis=0), axis=1) * 30
     np.testing.assert_allclose(speeds, 1.5)
+
+
+def test_goal_height_moves_smoothly_to_the_asked_height() -> None:
+    """With ``height`` the COM path goes from the current height to the goal's within the window, never beyond,
+    without a jump at either end; without it the height stays (the horizontal path is the same either way)."""
+    low, keep = Goal(0.5, 0.0, 0.6).path(30.0, height=1.0), Goal(0.5).path(30.0, height=1.0)
+    np.testing.assert_array_equal(low[:, :2], keep[:, :2])
+    np.testing.assert_array_equal(keep[:, 2], 1.0)
+    z = low[:, 2]
+    assert z[-1] == pytest.approx(0.6) and np.all(np.diff(z) < 0) and z.min() >= 0.6 - 1e-12
+    assert 1.0 - z[0] < 0.01 and z[-2] - 0.6 < 0.01  # a smooth step: slow at both ends
+    with pytest.raises(ValueError, match="height"):
+        Goal(0.0, 0.0, 0.0)
 
 
 def test_eval_highlevel_reports_chance_level_for_an_untrained_policy(
