@@ -97,11 +97,16 @@ class HighLevelData:
         stride: int = 4,
         progress: bool = True,
         train: bool = True,
+        standing_context: float = 0.0,
     ) -> None:
         """``label_fn(window (L, 127), fps) -> label index``; ``theme_names``: the theme list the example theme
         indices refer to (a file's theme: the letters of its name before the take number). ``train=False`` builds
-        the validation examples only (evaluation)."""
+        the validation examples only (evaluation). ``standing_context``: the share of training examples whose past
+        (pose and COM) is replaced by the robot standing still, as at the start of ``run_policy.py``: LAFAN holds
+        one standing-to-activity transition per file, too few to learn to leave the standing start as the text
+        says."""
         self.tokenizer, self.text, self.theme_names = tokenizer, text, theme_names
+        self.standing_context = standing_context
         self.train_set, self.val_set = split_train_val(dataset, val_files)
         self.fps = self.train_set.fps
         self.train = self._examples(self.train_set, stride, label_fn, progress) if train else None
@@ -151,6 +156,19 @@ class HighLevelData:
     def setup(self, seed: int, device: torch.device) -> None:
         self.generator.manual_seed(seed)
         self.device = device
+        self.standing = self._standing_past() if self.standing_context > 0 else None
+
+    def _standing_past(self) -> tuple[Tensor, Tensor]:
+        """The context of a robot standing still: normalized pose (P, F) and past COM (P, 3) as :meth:`context`."""
+        from control.runner import standing_features  # (runner imports this module)
+        from motiontok.features import qpos_from_features
+        from motiontok.motion import forward_kinematics
+
+        features = standing_features(self.fps, PAST)  # (P, F) raw
+        qpos = qpos_from_features(features, self.fps)  # (P, 26)
+        com = com_context(forward_kinematics(qpos).com, qpos[-1])  # (P, 3): the ground point at the origin
+        pose = self.tokenizer.normalizer.normalize(torch.from_numpy(features).float())
+        return pose.to(self.device), torch.from_numpy(com).float().to(self.device)
 
     def context(self, ds: MotionDataset, ex: Examples, idx: np.ndarray, text: Tensor) -> Context:
         """The model inputs of examples ``idx`` with the given text embeddings (B, D), on the device."""
@@ -167,7 +185,12 @@ class HighLevelData:
     def sample(self, batch_size: int) -> Context:
         idx = torch.randint(len(self.train.starts), (batch_size,), generator=self.generator).numpy()
         text = self.text.sample(self.train.themes[idx], self.train.labels[idx], self.generator)
-        return self.context(self.train_set, self.train, idx, text)
+        ctx = self.context(self.train_set, self.train, idx, text)
+        if self.standing is not None:
+            swap = (torch.rand(batch_size, generator=self.generator) < self.standing_context).to(self.device)  # (B,)
+            ctx["pose"][swap] = self.standing[0]
+            ctx["com"][swap, :PAST] = self.standing[1]  # the future COM path stays the example's own
+        return ctx
 
     def state_tensors(self) -> dict[str, Tensor]:
         return {}

@@ -37,7 +37,7 @@ def main(cfg: DictConfig) -> None:
         dataset = ensure_dataset(cfg.dataset, cfg.source)
         data = HighLevelData(
             dataset, tokenizer, bank, themes, lambda w, fps: LABELS.index(window_label(w, fps)),
-            list(cfg.val_files), cfg.stride, progress=train_cfg.progress,
+            list(cfg.val_files), cfg.stride, progress=train_cfg.progress, standing_context=cfg.standing_context,
         )  # fmt: skip
         torch.manual_seed(train_cfg.seed)  # the initial weights
         net = HighLevelConfig(

@@ -128,7 +128,7 @@ def _tiny_tokenizer(dataset):
     return MotionTokenizer(model, norm, 30.0)
 
 
-def _data(dataset, tokenizer, stride=4):
+def _data(dataset, tokenizer, stride=4, standing_context=0.0):
     from control.highlevel_data import HighLevelData, TextBank
     from tests.conftest import SYNTHETIC_VAL
 
@@ -137,7 +137,8 @@ def _data(dataset, tokenizer, stride=4):
         [torch.randn(3, 8, generator=g) for _ in range(2)], [torch.randn(2, 8, generator=g) for _ in range(2)], 0.5
     )
     label = lambda w, fps: int(w[:, 7].mean() > 0)  # noqa: E731  (a label computed from the window)
-    return HighLevelData(dataset, tokenizer, bank, ["train", "val"], label, [SYNTHETIC_VAL], stride, progress=False)
+    return HighLevelData(dataset, tokenizer, bank, ["train", "val"], label, [SYNTHETIC_VAL], stride, progress=False,
+                         standing_context=standing_context)  # fmt: skip
 
 
 def test_examples_pair_the_past_32_frames_with_the_codes_of_the_next_32(synthetic_dataset, tmp_path, monkeypatch):
@@ -164,6 +165,36 @@ def test_examples_pair_the_past_32_frames_with_the_codes_of_the_next_32(syntheti
     again = _data(synthetic_dataset, tok)  # the codes come back from the cache, identical
     np.testing.assert_array_equal(again.train.tokens, ex.tokens)
     assert list((tmp_path / "cache" / "highlevel").glob("codes_*.npy"))
+
+
+def test_standing_context_replaces_the_past_only(synthetic_dataset, tmp_path, monkeypatch):
+    """``standing_context``: the chosen examples see run_policy.py's standing start as their past (pose and past
+    COM), and keep their own text, future COM path and target codes."""
+    from control.runner import standing_features
+    from motiontok.features import qpos_from_features
+    from motiontok.motion import forward_kinematics
+
+    monkeypatch.setenv("MOTIONTOK_CACHE", str(tmp_path / "cache"))
+    tok = _tiny_tokenizer(synthetic_dataset)
+    batches = {}
+    for share in (0.0, 1.0, 0.5):
+        data = _data(synthetic_dataset, tok, standing_context=share)
+        data.setup(0, torch.device("cpu"))
+        batches[share] = data.sample(64)
+    plain, standing, half = batches[0.0], batches[1.0], batches[0.5]
+    features = standing_features(30.0)  # (P, F): what the planner's first context is
+    qpos = qpos_from_features(features, 30.0)
+    com = com_context(forward_kinematics(qpos).com, qpos[-1])  # (P, 3)
+    torch.testing.assert_close(
+        standing["pose"], tok.normalizer.normalize(torch.from_numpy(features).float()).expand(64, -1, -1)
+    )
+    torch.testing.assert_close(standing["com"][:, :PAST], torch.from_numpy(com).float().expand(64, -1, -1))
+    for key in ("text", "tokens"):
+        torch.testing.assert_close(standing[key], plain[key], rtol=0, atol=0)
+    torch.testing.assert_close(standing["com"][:, PAST:], plain["com"][:, PAST:], rtol=0, atol=0)
+    swapped = (half["pose"] == standing["pose"]).flatten(1).all(1)  # (B,)
+    assert 0 < int(swapped.sum()) < 64  # a share of the batch, not all or none
+    torch.testing.assert_close(half["pose"][~swapped], plain["pose"][~swapped], rtol=0, atol=0)
 
 
 def test_policy_trains_exports_and_refuses_a_foreign_tokenizer(synthetic_dataset, tmp_path, monkeypatch):
