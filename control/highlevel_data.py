@@ -107,6 +107,7 @@ class HighLevelData:
         says."""
         self.tokenizer, self.text, self.theme_names = tokenizer, text, theme_names
         self.standing_context = standing_context
+        self.standing: tuple[Tensor, Tensor] | None = None  # standing pose and past COM, made by setup()
         self.train_set, self.val_set = split_train_val(dataset, val_files)
         self.fps = self.train_set.fps
         self.train = self._examples(self.train_set, stride, label_fn, progress) if train else None

@@ -296,14 +296,18 @@ class TrackingSim:
             self._robot_state = self._compute_robot_state()
         return self._robot_state
 
+    def _joint_state(self) -> dict[str, np.ndarray]:
+        """qpos (N, 26) and qvel (N, 25), NaN-free after a blow-up (an unstable env reads its reference state)."""
+        bad = self.unstable[:, None]
+        return {"qpos": np.where(bad, self.ref.qpos[self.idx], self.qpos), "qvel": np.where(bad, 0.0, self.qvel)}
+
     def _compute_robot_state(self) -> dict[str, np.ndarray]:
-        qpos = np.where(self.unstable[:, None], self.ref.qpos[self.idx], self.qpos)  # NaN-free after a blow-up
-        qvel = np.where(self.unstable[:, None], 0.0, self.qvel)
+        joints = self._joint_state()
+        qpos = joints["qpos"]
         key = np.where(self.unstable[:, None, None], self.ref.key_pos[self.idx], self.key_pos)
         prev = np.where(self.unstable[:, None, None], key, self.key_prev)
         return {
-            "qpos": qpos,
-            "qvel": qvel,
+            **joints,
             "key_pos": key,
             "key_local": local_key_points(qpos, key),
             "key_vel": (key - prev) * self.cfg.control_hz,
@@ -326,9 +330,7 @@ class TrackingSim:
         (inference) leaves the privileged part zero and skips what only it and the rewards need."""
         if not actor_only:
             return observe(self.layout, self.ref, self.idx, self.robot_state(), self.ref_state(), self.prev_action)
-        bad = self.unstable[:, None]
-        state = {"qpos": np.where(bad, self.ref.qpos[self.idx], self.qpos), "qvel": np.where(bad, 0.0, self.qvel)}
-        return observe(self.layout, self.ref, self.idx, state, None, self.prev_action)
+        return observe(self.layout, self.ref, self.idx, self._joint_state(), None, self.prev_action)
 
     def get_state(self) -> dict[str, np.ndarray]:
         """Everything needed to continue exactly: physics states, episode counters, RNG."""
