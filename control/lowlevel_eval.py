@@ -1,7 +1,9 @@
 """Evaluation of a low-level policy: episodes started from reference states spread over each clip, all run at
 once in one :class:`envs.tracking.TrackingSim`, deterministic actions (the policy's mean).
 
-Per episode: ``fell`` (terminated by the fall rule before its end), length, and the key-point error while it ran.
+Per episode: ``fell`` (terminated by the fall rule before its end), length, the key-point error while it ran and
+the share of action components the environment clipped to [-1, 1] (a policy that lives at the clip lacks
+authority: its mean action asks for more than the action scale gives).
 MPJPE here is the mean distance of the 13 key points relative to the pelvis in the heading frame (the "local"
 MPJPE of IK playback), so a slow drift of the whole body does not count, a wrong pose does. ``mpjpe_mm`` compares
 with the true reference motion, ``mpjpe_decoded_mm`` with the motion the tokens decode to (what the policy is
@@ -37,20 +39,22 @@ def run_episodes(
     policy: Any, ref: ReferenceLibrary, cfg: TrackingConfig, starts: np.ndarray, record: int | None = None
 ) -> dict[str, np.ndarray]:
     """Run one episode per start with the policy's mean action. Returns per-episode arrays ``fell``, ``steps``,
-    ``key_err`` and ``key_err_decoded`` (mean m over its steps), and with ``record`` = an episode index, that
+    ``key_err`` and ``key_err_decoded`` (mean m over its steps), ``clipped`` (share of action components beyond
+    [-1, 1]), and with ``record`` = an episode index, that
     episode's robot and reference qpos (``qpos_robot``, ``qpos_ref``, (T, 26) each)."""
     sim = TrackingSim(ref, len(starts), cfg, seed=0)
     sim.reset(starts=starts)
     n = len(starts)
     alive, fell = np.ones(n, bool), np.zeros(n, bool)
-    steps, err, err_dec = np.zeros(n, np.int64), np.zeros(n), np.zeros(n)
+    steps, err, err_dec, clipped = np.zeros(n, np.int64), np.zeros(n), np.zeros(n), np.zeros(n)
     frames_robot, frames_ref = [], []
     obs = sim.observe()
     while alive.any():
         if record is not None and alive[record]:
             frames_robot.append(sim.qpos[record].copy())
             frames_ref.append(ref.qpos[sim.idx[record]].copy())
-        action = policy.mean_action(torch.as_tensor(obs)).numpy()
+        action = policy.mean_action(torch.as_tensor(obs)).numpy()  # (N, 19), unclipped
+        clipped += np.where(alive, (np.abs(action) > 1.0).mean(-1), 0.0)
         _, _, terminated, truncated = sim.step(action)
         key_local = sim.robot_state()["key_local"]
         dec = np.linalg.norm(key_local - ref.decoded_key_local[sim.idx], axis=-1).mean(-1)
@@ -61,7 +65,13 @@ def run_episodes(
         alive &= ~(terminated | truncated)
         obs = sim.observe()
     sim.close()
-    out = {"fell": fell, "steps": steps, "key_err": err / steps, "key_err_decoded": err_dec / steps}
+    out = {
+        "fell": fell,
+        "steps": steps,
+        "key_err": err / steps,
+        "key_err_decoded": err_dec / steps,
+        "clipped": clipped / steps,
+    }
     if record is not None:
         out["qpos_robot"], out["qpos_ref"] = np.array(frames_robot), np.array(frames_ref)
     return out
@@ -76,6 +86,7 @@ def summarize(result: dict[str, np.ndarray], clips: np.ndarray, ref: ReferenceLi
             "mean_episode_s": round(float(result["steps"][mask].mean() / fps), 3),
             "mpjpe_mm": round(float(1000 * result["key_err"][mask].mean()), 1),
             "mpjpe_decoded_mm": round(float(1000 * result["key_err_decoded"][mask].mean()), 1),
+            "clipped_action_share": round(float(result["clipped"][mask].mean()), 4),
             "episodes": int(mask.sum()),
         }
 

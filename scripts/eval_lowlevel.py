@@ -7,7 +7,8 @@ Episodes start from reference states spread evenly over each clip and last up to
 episode fails by the standard fall rule (envs.rewards.TerminationConfig: BeyondMimic's), whatever rule the policy
 was trained with.
 The JSON has success_rate (no fall), mean_episode_s, mpjpe_mm (key points relative to the pelvis, against the true
-reference), mpjpe_decoded_mm (against the tokens' decoded motion), per_theme and episodes.
+reference), mpjpe_decoded_mm (against the tokens' decoded motion), clipped_action_share (mean-action
+components beyond [-1, 1], which the environment clips), per_theme and episodes.
 Exit status: 0 ok, 2 bad arguments, data or checkpoint (one line on stderr).
 """
 
@@ -91,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         for theme, s in summary["per_theme"].items():
             print(
                 f"{theme:>14}: success {s['success_rate']:.0%}  episode {s['mean_episode_s']:.2f} s  "
-                f"MPJPE {s['mpjpe_mm']:.0f} mm (decoded {s['mpjpe_decoded_mm']:.0f})  n={s['episodes']}"
+                f"MPJPE {s['mpjpe_mm']:.0f} mm (decoded {s['mpjpe_decoded_mm']:.0f})  "
+                f"clipped {s['clipped_action_share']:.0%}  n={s['episodes']}"
             )
         print(
             f"{'all':>14}: success {summary['success_rate']:.0%}  episode {summary['mean_episode_s']:.2f} s  "

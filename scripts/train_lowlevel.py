@@ -25,11 +25,11 @@ from motiontok.motion import load_motions
 
 
 def training_reference(cfg: DictConfig) -> ReferenceLibrary:
-    """The training clips: every clip of ``cfg.data`` (of ``cfg.themes``) except ``cfg.exclude``."""
-    if not cfg.data:
-        raise MotionDataError("no motion data: set MOTIONTOK_DATA or data=PATH (a folder of LAFAN1-H1 CSV files)")
-    names = [c.name for c in load_motions(cfg.data) if c.name not in set(cfg.exclude or [])]
-    return load_reference(cfg.data, cfg.tokenizer, clips=names, themes=list(cfg.themes) if cfg.themes else None)
+    """The training clips: every clip of ``cfg.source`` (of ``cfg.themes``) except ``cfg.exclude``."""
+    if not cfg.source:
+        raise MotionDataError("no motion data: set MOTIONTOK_DATA or source=PATH (a folder of LAFAN1-H1 CSV files)")
+    names = [c.name for c in load_motions(cfg.source) if c.name not in set(cfg.exclude or [])]
+    return load_reference(cfg.source, cfg.tokenizer, clips=names, themes=list(cfg.themes) if cfg.themes else None)
 
 
 @hydra.main(config_path="../configs", config_name="train_lowlevel", version_base="1.3")

@@ -336,7 +336,24 @@ def test_evaluation_counts_falls_and_errors(stand: ReferenceLibrary, walk: Refer
     assert (
         not held["fell"].any() and (held["steps"] == 50).all() and held["key_err"].max() < 0.06
     )  # sags ~36 mm under PD
+    assert (held["clipped"] == 0.0).all()
     env.close()
+
+
+def test_evaluation_counts_clipped_actions(stand: ReferenceLibrary) -> None:
+    """The share of mean-action components beyond [-1, 1] (which the environment clips) is counted per step."""
+
+    class Pushy:  # 5 of 19 components beyond the clip, 2 exactly at it (not clipped), the rest inside
+        def mean_action(self, obs: torch.Tensor) -> torch.Tensor:
+            a = torch.full((len(obs), robot.NU), 0.1)
+            a[:, :5], a[:, 5:7] = 2.0, -1.0
+            return a
+
+    cfg = TrackingConfig(action_mode="pd", episode_seconds=0.2, num_threads=1)
+    result = run_episodes(Pushy(), stand, cfg, np.array([0, 10]))
+    np.testing.assert_allclose(result["clipped"], 5 / robot.NU)
+    summary = summarize(result, np.zeros(2, np.int64), stand, 100.0)
+    assert summary["clipped_action_share"] == pytest.approx(5 / robot.NU, abs=1e-4)
 
 
 def _zero_policy():
@@ -356,6 +373,18 @@ def test_eval_script_errors(tmp_path, real_data_dir) -> None:
     assert out.returncode == 2 and "unknown clips" in out.stderr
     out = subprocess.run([*cmd, "--clips", "walk1_subject1"], capture_output=True, text=True)
     assert out.returncode == 2 and "missing model.safetensors" in out.stderr
+
+
+def test_train_script_reads_its_motions_from_source(tmp_path) -> None:
+    """``source=PATH`` (not ``data``, a config group of the tokenizer's) names the motions; a bad one is one line."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "scripts/train_lowlevel.py", f"out_dir={tmp_path / 'run'}"]
+    out = subprocess.run([*cmd, f"source={tmp_path / 'nope'}"], capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.strip() == f"error: {tmp_path / 'nope'}: no such file or directory"
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "MOTIONTOK_DATA": ""})
+    assert out.returncode == 2 and "source=PATH" in out.stderr
 
 
 def test_assist_schedule_fades_linearly_to_none() -> None:
