@@ -7,7 +7,8 @@ terminations are computed for all N at once in numpy.
 
 Actions are 19 numbers in [-1, 1] (clipped). ``action_mode``:
 
-* ``pd_offset`` (default): PD targets = the joint angles decoded from the current tokens + ``action_scale`` * a,
+* ``pd_offset`` (default): PD targets = the joint angles decoded from the current tokens + ``action_scale`` * a
+  (one scale, or one per joint group: ``{hip, knee, ankle, torso, arm}``, e.g. more for the weak ankles),
   through MuJoCo position actuators; the policy learns a physical correction of what the tokens say;
 * ``pd``: PD targets = the standing pose + ``action_scale`` * a;
 * ``torque``: the paper's 19 motor torques, a * the motor's torque limit.
@@ -71,12 +72,19 @@ def joint_group(name: str) -> str:
     return "arm"
 
 
+def action_scales(model: mujoco.MjModel, scale: float | dict[str, float]) -> np.ndarray:
+    """(nu,) rad of PD-target offset per unit action of each actuator: one scale, or one per joint group."""
+    if not isinstance(scale, dict):
+        return np.full(model.nu, float(scale))
+    return np.array([float(scale[joint_group(model.actuator(i).name)]) for i in range(model.nu)])
+
+
 @dataclass
 class TrackingConfig:
     """Everything that defines the tracking task (saved with a policy)."""
 
     action_mode: str = "pd_offset"
-    action_scale: float = 0.25  # rad of PD-target offset per unit action
+    action_scale: float | dict[str, float] = 0.25  # rad of PD-target offset per unit action; or per joint group
     control_hz: float = robot.CONTROL_HZ
     timestep: float = 0.002
     episode_seconds: float = 10.0
@@ -94,6 +102,10 @@ class TrackingConfig:
             raise ValueError(f"action_mode must be one of {ACTION_MODES}, got {self.action_mode!r}")
         if abs(self.substeps * self.timestep * self.control_hz - 1.0) > 1e-9:
             raise ValueError(f"control period 1/{self.control_hz} is not a multiple of timestep {self.timestep}")
+        if isinstance(self.action_scale, dict) and set(self.action_scale) != set(GAINS):
+            raise ValueError(
+                f"action_scale per joint group needs exactly {sorted(GAINS)}, got {sorted(self.action_scale)}"
+            )
         known = set(RewardConfig().weights)
         unknown = set(self.reward.weights) - known
         missing_sigma = {k for k in self.reward.weights if k != "action_rate"} - set(self.reward.sigmas)
@@ -135,6 +147,7 @@ class TrackingSim:
         self.rng = np.random.default_rng(seed)
         self.home = self.model.key("home").qpos[7:].copy()  # (19,)
         self.torque_limit = np.array([robot.load_model().actuator_ctrlrange[i, 1] for i in range(robot.NU)])
+        self.action_scale = action_scales(self.model, self.cfg.action_scale)  # (19,)
         self.max_steps = round(self.cfg.episode_seconds * self.cfg.control_hz)
         self._index_reference()
         threads = self.cfg.num_threads or os.cpu_count() or 1
@@ -245,7 +258,7 @@ class TrackingSim:
         if self.cfg.action_mode == "torque":
             return action * self.torque_limit
         base = self.ref.decoded_joints[self.idx] if self.cfg.action_mode == "pd_offset" else self.home
-        return base + self.cfg.action_scale * action
+        return base + self.action_scale * action
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, np.ndarray]:
         """Advance all N by one control step. Returns reward (N,), reward terms {name: (N,)}, terminated (N,) and

@@ -201,6 +201,22 @@ def test_pd_actuators_follow_targets_with_group_gains(ref: ReferenceLibrary) -> 
     assert pd.opt.timestep == 0.002 and TrackingConfig().substeps == 5
 
 
+def test_action_scale_per_joint_group_sets_each_joints_target(ref: ReferenceLibrary) -> None:
+    """A dict of scales gives every joint its group's offset per unit action; a dict missing a group is refused."""
+    scales = {"hip": 0.1, "knee": 0.2, "ankle": 1.0, "torso": 0.3, "arm": 0.4}
+    sim = TrackingSim(ref, 2, TrackingConfig(action_mode="pd", action_scale=scales, num_threads=1))
+    action = np.linspace(-1.0, 1.0, 2 * robot.NU).reshape(2, robot.NU)
+    expected = [scales[g] for g in ("hip", "hip", "hip", "knee", "ankle") * 2 + ("torso",) + ("arm",) * 8]
+    assert [robot.JOINT_NAMES[i] for i in (4, 9, 10)] == ["left_ankle", "right_ankle", "torso"]
+    np.testing.assert_allclose(sim._targets(action) - sim.home, action * np.array(expected))
+    one = TrackingSim(ref, 2, TrackingConfig(action_mode="pd", action_scale=0.5, num_threads=1))
+    np.testing.assert_allclose(one._targets(action) - one.home, 0.5 * action)
+    with pytest.raises(ValueError, match="per joint group"):
+        TrackingConfig(action_scale={"ankle": 1.0}).check()
+    sim.close()
+    one.close()
+
+
 def test_gymnasium_and_sb3_checkers(ref: ReferenceLibrary) -> None:
     from gymnasium.utils.env_checker import check_env as gym_check
     from stable_baselines3.common.env_checker import check_env as sb3_check
