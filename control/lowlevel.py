@@ -40,6 +40,7 @@ class PolicyConfig:
     token_features: int = 128
     net_arch: list[int] = field(default_factory=lambda: [256, 256, 128])
     log_std_init: float = 0.0
+    normalize_obs: bool = False  # running mean/std of the actor's proprioception and the critic's inputs
 
 
 @dataclass
@@ -80,12 +81,15 @@ class KLAdaptiveLR:
 
 class TrackingPPO(PPO):
     """stable-baselines3 PPO whose learning rate follows :class:`KLAdaptiveLR` when ``lr_schedule`` is one (the
-    measured mean approximate KL of each update sets the next update's rate)."""
+    measured mean approximate KL of each update sets the next update's rate), and whose observation
+    normalizers (``PolicyConfig.normalize_obs``) take in each rollout after the update on it."""
 
     def train(self) -> None:
         super().train()
         if isinstance(self.lr_schedule, KLAdaptiveLR):
             self.lr_schedule.update(float(self.logger.name_to_value["train/approx_kl"]))
+        obs = self.rollout_buffer.observations  # (n_steps, N, obs): the rollout just trained on
+        self.policy.update_normalizers(torch.as_tensor(obs.reshape(-1, obs.shape[-1])))
 
 
 def tracking_config(d: dict[str, Any]) -> TrackingConfig:
@@ -133,6 +137,7 @@ def policy_kwargs(layout: ObsLayout, vocab_size: int, policy: PolicyConfig) -> d
             "embed_dim": policy.embed_dim,
             "conv_channels": policy.conv_channels,
             "token_features": policy.token_features,
+            "normalize": policy.normalize_obs,
         },
         "net_arch": {"pi": list(policy.net_arch), "vf": list(policy.net_arch)},
         "log_std_init": policy.log_std_init,

@@ -5,7 +5,9 @@ Actor: token indices -> embedding -> two 1D convolutions over the 64 token posit
 concatenated with proprioception -> MLP (ELU) -> 19 action means. The paper's sizes (MLP [2048, 1024, 512]) are
 the ``paper`` preset; the CPU default is smaller. Critic: an MLP over proprioception and the privileged
 reference state (``envs.observations``); the actor never reads that block. The tokenizer is not part of the
-policy: observations carry token indices, computed by the environment with the frozen tokenizer.
+policy: observations carry token indices, computed by the environment with the frozen tokenizer. With
+``normalize=True`` the actor's proprioception and the critic's inputs pass through running statistics
+(:class:`ObsNorm`, saved with the weights); token indices are never normalised.
 """
 
 from __future__ import annotations
@@ -44,6 +46,36 @@ class PatchConv1d(nn.Module):
         return self.linear(x.reshape(b, length // self.kernel, self.kernel * c))  # (B, L/k, C_out)
 
 
+class ObsNorm(nn.Module):
+    """Running mean and variance of observation columns (Chan et al.'s parallel update), applied as
+    ``(x - mean) / std`` clipped to +-10. Its statistics are buffers: saved and restored with the weights. They
+    change only through :meth:`update`, which the trainer calls once per rollout after the update that used them
+    (so a rollout and the update on it see the same normalisation; evaluation and inference never change them)."""
+
+    def __init__(self, dim: int, clip: float = 10.0):
+        super().__init__()
+        self.clip = clip
+        self.register_buffer("mean", torch.zeros(dim, dtype=torch.float64))
+        self.register_buffer("var", torch.ones(dim, dtype=torch.float64))
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, x: Tensor) -> None:
+        """Merge a batch (B, dim) into the statistics."""
+        x = x.to(torch.float64)
+        n, mean, var = x.shape[0], x.mean(0), x.var(0, unbiased=False)
+        total = self.count + n
+        delta = mean - self.mean
+        m2 = self.var * self.count + var * n + delta**2 * self.count * n / total
+        self.mean += delta * n / total
+        self.var.copy_(m2 / total)
+        self.count.fill_(float(total))
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = (x - self.mean.to(x.dtype)) / torch.sqrt(self.var.to(x.dtype) + 1e-8)
+        return z.clamp(-self.clip, self.clip)
+
+
 class TokenFeatures(BaseFeaturesExtractor):
     """Actor features: embedded, convolved tokens (+ the next window's) and proprioception."""
 
@@ -55,10 +87,12 @@ class TokenFeatures(BaseFeaturesExtractor):
         embed_dim: int = 32,
         conv_channels: int = 64,
         token_features: int = 256,
+        normalize: bool = False,
     ):
         proprio = layout["proprio"][1] - layout["proprio"][0]
         super().__init__(observation_space, token_features + proprio)
         self.layout, self.vocab_size = layout, vocab_size
+        self.norm = ObsNorm(proprio) if normalize else None  # running statistics of the proprioception
         blocks = 2 if layout.get("next_tokens") else 1
         num_tokens = layout["tokens"][1] - layout["tokens"][0]
         self.embed = nn.Embedding(vocab_size, embed_dim)
@@ -92,21 +126,31 @@ class TokenFeatures(BaseFeaturesExtractor):
     def forward(self, obs: Tensor, token_code: Tensor | None = None) -> Tensor:
         """(B, features); ``token_code`` (B, token_features) of :meth:`token_code` for these tokens skips them."""
         tokens = self.token_code(obs) if token_code is None else token_code
-        return torch.cat([tokens, _cols(obs, tuple(self.layout["proprio"]))], dim=1)
+        return torch.cat([tokens, self.proprio(obs)], dim=1)
+
+    def proprio(self, obs: Tensor) -> Tensor:
+        """(B, proprio) the proprioception block, normalised when the extractor keeps running statistics."""
+        x = _cols(obs, tuple(self.layout["proprio"]))
+        return x if self.norm is None else self.norm(x)
 
 
 class CriticFeatures(BaseFeaturesExtractor):
     """Critic features: proprioception and the privileged reference state, projected to ``features_dim``."""
 
-    def __init__(self, observation_space: gym.spaces.Box, layout: Layout, features_dim: int):
+    def __init__(self, observation_space: gym.spaces.Box, layout: Layout, features_dim: int, normalize: bool = False):
         super().__init__(observation_space, features_dim)
         self.layout = layout
         width = (layout["proprio"][1] - layout["proprio"][0]) + (layout["privileged"][1] - layout["privileged"][0])
+        self.norm = ObsNorm(width) if normalize else None
         self.net = nn.Sequential(nn.Linear(width, features_dim), nn.ELU())
 
+    def inputs(self, obs: Tensor) -> Tensor:
+        """(B, proprio + privileged) the critic's raw inputs."""
+        return torch.cat([_cols(obs, tuple(self.layout["proprio"])), _cols(obs, tuple(self.layout["privileged"]))], 1)
+
     def forward(self, obs: Tensor) -> Tensor:
-        x = torch.cat([_cols(obs, tuple(self.layout["proprio"])), _cols(obs, tuple(self.layout["privileged"]))], 1)
-        return self.net(x)
+        x = self.inputs(obs)
+        return self.net(x if self.norm is None else self.norm(x))
 
 
 class TokenActorCriticPolicy(ActorCriticPolicy):
@@ -120,9 +164,18 @@ class TokenActorCriticPolicy(ActorCriticPolicy):
         super().__init__(*args, **kwargs)
 
     def _build(self, lr_schedule: Any) -> None:
-        layout = self.features_extractor_kwargs["layout"]
-        self.vf_features_extractor = CriticFeatures(self.observation_space, layout, self.features_dim)
+        layout, normalize = self.features_extractor_kwargs["layout"], self.features_extractor_kwargs.get("normalize")
+        self.vf_features_extractor = CriticFeatures(self.observation_space, layout, self.features_dim, bool(normalize))
         super()._build(lr_schedule)
+
+    @torch.no_grad()
+    def update_normalizers(self, obs: Tensor) -> None:
+        """Merge observations (B, obs) into the actor's and the critic's running statistics (if they keep any)."""
+        pi, vf = self.pi_features_extractor, self.vf_features_extractor
+        if pi.norm is not None:
+            pi.norm.update(_cols(obs, tuple(pi.layout["proprio"])))
+        if vf.norm is not None:
+            vf.norm.update(vf.inputs(obs))
 
     @torch.no_grad()
     def mean_action(self, obs: Tensor, token_code: Tensor | None = None) -> Tensor:

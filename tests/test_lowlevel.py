@@ -18,7 +18,7 @@ from torch import nn
 
 from control.lowlevel import KLAdaptiveLR, PolicyConfig, PPOConfig, load_actor, make_ppo, save_policy
 from control.lowlevel_eval import run_episodes, spread_starts, summarize
-from control.lowlevel_policy import PatchConv1d
+from control.lowlevel_policy import ObsNorm, PatchConv1d
 from control.lowlevel_train import RunConfig, train_lowlevel
 from envs.reference import ReferenceLibrary
 from envs.tracking import TrackingConfig, TrackingSim
@@ -95,6 +95,46 @@ def test_checkpoint_round_trip_and_tokenizer_check(walk: ReferenceLibrary, tmp_p
         load_actor(path, "0123456789abcdef")
     with pytest.raises(CheckpointError, match="not a low-level policy"):
         load_actor(MotionTokenizer.load().save(tmp_path / "tok"), walk.tokenizer_id)
+    env.close()
+
+
+def test_obs_norm_merges_batches_into_the_statistics_of_their_union() -> None:
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(m, s, (n, 3)) for m, s, n in ((0.0, 1.0, 5), (4.0, 0.1, 17), (-2.0, 3.0, 1))]
+    norm = ObsNorm(3)
+    for b in batches:
+        norm.update(torch.as_tensor(b))
+    union = np.concatenate(batches)
+    np.testing.assert_allclose(norm.mean.numpy(), union.mean(0), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(norm.var.numpy(), union.var(0), rtol=1e-12)
+    assert float(norm.count) == len(union)
+    x = torch.tensor([[0.0, 1.0, 1e6]])
+    expected = np.clip((x.numpy() - union.mean(0)) / np.sqrt(union.var(0) + 1e-8), -10, 10)
+    np.testing.assert_allclose(norm(x).numpy(), expected, rtol=1e-5)
+
+
+def test_normalized_policy_takes_in_each_rollout_after_its_update_and_round_trips(
+    walk: ReferenceLibrary, tmp_path
+) -> None:
+    """With ``normalize_obs`` the actor's proprioception and the critic's inputs get running statistics: after
+    one rollout (and the update on it) they hold exactly that rollout's; a checkpoint restores them."""
+    policy = dataclasses.replace(SMALL, normalize_obs=True)
+    env = H1TrackingVecEnv(walk, 4, TrackingConfig(num_threads=1))
+    model = make_ppo(env, env.sim.layout, walk.vocab_size, policy, PPOConfig(n_steps=8, batch_size=32), seed=0)
+    pi, vf = model.policy.pi_features_extractor, model.policy.vf_features_extractor
+    assert float(pi.norm.count) == 0 and float(vf.norm.count) == 0
+    model.learn(32)
+    obs = torch.as_tensor(model.rollout_buffer.observations.reshape(32, -1))
+    p0, p1 = env.sim.layout.proprio
+    assert float(pi.norm.count) == 32 and float(vf.norm.count) == 32
+    torch.testing.assert_close(pi.norm.mean, obs[:, p0:p1].double().mean(0))
+    torch.testing.assert_close(vf.norm.mean, vf.inputs(obs).double().mean(0))
+    path = save_policy(tmp_path / "ckpt", model, env, {"policy": vars(policy), "env": {}}, with_state=False)
+    actor, _ = load_actor(path, walk.tokenizer_id)
+    torch.testing.assert_close(actor.pi_features_extractor.norm.var, pi.norm.var)
+    torch.testing.assert_close(actor.mean_action(obs), model.policy.mean_action(obs))
+    plain = make_ppo(env, env.sim.layout, walk.vocab_size, SMALL, PPOConfig(n_steps=8, batch_size=32), seed=0)
+    assert not any("norm" in k for k in plain.policy.state_dict())  # older checkpoints keep loading
     env.close()
 
 
