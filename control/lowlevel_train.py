@@ -299,7 +299,8 @@ def train_lowlevel(
 def warm_start(model: PPO, env: H1TrackingVecEnv, source: Path, config: dict[str, Any]) -> list[dict[str, Any]]:
     """Start a new run from the weights of the policy checkpoint ``source`` (a ``final/`` or exported directory,
     no trainer state needed): a fresh optimizer and fresh episodes, the step count and chunk history carried on.
-    The policy must match this run: same tokenizer, observation layout, action mode and scale, network sizes."""
+    The policy must match this run: same tokenizer, observation layout, action mode and scale, network sizes and
+    observation normalisation."""
     tensors, saved, _ = read_policy_config(source)
     check_tokenizer(saved, env.sim.ref.tokenizer_id, source)
     mine = _shape_of(config | {"layout": env.sim.layout.as_dict()})
@@ -320,6 +321,7 @@ def _shape_of(config: dict[str, Any]) -> dict[str, Any]:
                 "layout": config.get("layout"),
                 **{k: env.get(k) for k in ("action_mode", "action_scale", "next_tokens")},
                 **{k: policy.get(k) for k in ("embed_dim", "conv_channels", "token_features", "net_arch")},
+                "normalize_obs": bool(policy.get("normalize_obs", False)),  # absent in older checkpoints: off
             }
         )
     )

@@ -233,6 +233,9 @@ def test_a_new_run_starts_from_a_shipped_policy_and_carries_its_history_on(
     wider = PolicyConfig(embed_dim=8, conv_channels=8, token_features=16, net_arch=[48])
     with pytest.raises(CheckpointError, match="net_arch differ"):
         _run(walk, tmp_path / "wider", 256, init_from=str(shipped), policy=wider)
+    normalized = dataclasses.replace(SMALL, normalize_obs=True)  # the source policy has no running statistics
+    with pytest.raises(CheckpointError, match="normalize_obs differ"):
+        _run(walk, tmp_path / "normalized", 256, init_from=str(shipped), policy=normalized)
 
 
 def _export_main():
