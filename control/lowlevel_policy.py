@@ -126,12 +126,12 @@ class TokenFeatures(BaseFeaturesExtractor):
     def forward(self, obs: Tensor, token_code: Tensor | None = None) -> Tensor:
         """(B, features); ``token_code`` (B, token_features) of :meth:`token_code` for these tokens skips them."""
         tokens = self.token_code(obs) if token_code is None else token_code
-        return torch.cat([tokens, self.proprio(obs)], dim=1)
+        x = self.inputs(obs)
+        return torch.cat([tokens, x if self.norm is None else self.norm(x)], dim=1)
 
-    def proprio(self, obs: Tensor) -> Tensor:
-        """(B, proprio) the proprioception block, normalised when the extractor keeps running statistics."""
-        x = _cols(obs, tuple(self.layout["proprio"]))
-        return x if self.norm is None else self.norm(x)
+    def inputs(self, obs: Tensor) -> Tensor:
+        """(B, proprio) the raw proprioception block (what :attr:`norm` keeps statistics of)."""
+        return _cols(obs, tuple(self.layout["proprio"]))
 
 
 class CriticFeatures(BaseFeaturesExtractor):
@@ -145,7 +145,7 @@ class CriticFeatures(BaseFeaturesExtractor):
         self.net = nn.Sequential(nn.Linear(width, features_dim), nn.ELU())
 
     def inputs(self, obs: Tensor) -> Tensor:
-        """(B, proprio + privileged) the critic's raw inputs."""
+        """(B, proprio + privileged) the critic's raw inputs (what :attr:`norm` keeps statistics of)."""
         return torch.cat([_cols(obs, tuple(self.layout["proprio"])), _cols(obs, tuple(self.layout["privileged"]))], 1)
 
     def forward(self, obs: Tensor) -> Tensor:
@@ -171,11 +171,9 @@ class TokenActorCriticPolicy(ActorCriticPolicy):
     @torch.no_grad()
     def update_normalizers(self, obs: Tensor) -> None:
         """Merge observations (B, obs) into the actor's and the critic's running statistics (if they keep any)."""
-        pi, vf = self.pi_features_extractor, self.vf_features_extractor
-        if pi.norm is not None:
-            pi.norm.update(_cols(obs, tuple(pi.layout["proprio"])))
-        if vf.norm is not None:
-            vf.norm.update(vf.inputs(obs))
+        for extractor in (self.pi_features_extractor, self.vf_features_extractor):
+            if extractor.norm is not None:
+                extractor.norm.update(extractor.inputs(obs))
 
     @torch.no_grad()
     def mean_action(self, obs: Tensor, token_code: Tensor | None = None) -> Tensor:
