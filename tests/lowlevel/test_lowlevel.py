@@ -24,19 +24,9 @@ from envs.tracking import TrackingConfig, TrackingSim
 from envs.vec_env import H1TrackingVecEnv
 from motiontok import MotionTokenizer, robot
 from motiontok.errors import CheckpointError
-from tests.lowlevel_common import ROOT, SMALL, stand_reference, walk_reference
+from tests.lowlevel.conftest import ROOT, SMALL
 
 pytestmark = pytest.mark.usefixtures("reference_cache")
-
-
-@pytest.fixture(scope="module")
-def stand() -> ReferenceLibrary:
-    return stand_reference()
-
-
-@pytest.fixture(scope="module")
-def walk() -> ReferenceLibrary:
-    return walk_reference()
 
 
 def test_patch_conv_is_a_strided_convolution() -> None:

@@ -17,19 +17,9 @@ from envs.reference import ReferenceLibrary
 from envs.tracking import TrackingConfig
 from envs.vec_env import H1TrackingVecEnv
 from motiontok import robot
-from tests.lowlevel_common import SMALL, stand_reference, walk_reference
+from tests.lowlevel.conftest import SMALL
 
 pytestmark = pytest.mark.usefixtures("reference_cache")
-
-
-@pytest.fixture(scope="module")
-def stand() -> ReferenceLibrary:
-    return stand_reference()
-
-
-@pytest.fixture(scope="module")
-def walk() -> ReferenceLibrary:
-    return walk_reference()
 
 
 def test_spread_starts_cover_each_clip(walk: ReferenceLibrary) -> None:
