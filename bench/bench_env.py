@@ -4,9 +4,10 @@
 
 * ``bare_mj_step_per_s``: ``mj_step`` calls per second of the same physics (same model, same thread pool split,
   a standing robot driven by its PD actuators), i.e. the physics alone;
-* ``env_steps_per_s``: control steps per second of ``H1TrackingVecEnv`` with random actions (5 physics steps
-  each, plus references, observations, rewards, resets); ``env_overhead_vs_physics`` = time outside the physics
-  / time in the physics (the thread pool's ``mj_step`` loops, timed inside the environment), over the same steps;
+* ``env_steps_per_s``: control steps per second of ``H1TrackingVecEnv`` (the default task of
+  ``configs/train_lowlevel.yaml``) with random actions (5 physics steps each, plus references, observations,
+  rewards, resets); ``env_overhead_vs_physics`` = time outside the physics / time in the physics (the thread pool's
+  ``mj_step`` loops, timed inside the environment), over the same steps;
 * ``ppo_steps_per_s``: environment steps per second of stable-baselines3 PPO end to end (rollouts + updates)
   with the default config (``configs/train_lowlevel.yaml``).
 Ratios are measured in one run; machines are noisy.
@@ -91,7 +92,8 @@ def main() -> None:
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     ref = load_reference(args.data, clips=args.clips)
-    env = H1TrackingVecEnv(ref, args.num_envs, tracking_config({"num_threads": args.threads}))
+    task = OmegaConf.to_container(OmegaConf.load(CONFIG).env, resolve=True)  # the default task
+    env = H1TrackingVecEnv(ref, args.num_envs, tracking_config({**task, "num_threads": args.threads}))
     env.reset()
     bare = bare_physics(env, args.seconds)
     env_sps, overhead = env_speed(env, args.seconds)

@@ -41,6 +41,10 @@ class PolicyConfig:
     net_arch: list[int] = field(default_factory=lambda: [256, 256, 128])
     log_std_init: float = 0.0
     normalize_obs: bool = False  # running mean/std of the actor's proprioception and the critic's inputs
+    use_sde: bool = False
+    """Generalized state-dependent exploration (SB3's gSDE): the action noise is the last actor layer times a noise
+    matrix drawn every ``PPOConfig.sde_sample_freq`` steps, so it is smooth in time instead of white at 100 Hz;
+    ``log_std_init`` is then the log std of that matrix's entries."""
 
 
 @dataclass
@@ -49,7 +53,7 @@ class PPOConfig:
 
     n_steps: int = 32
     batch_size: int = 512
-    n_epochs: int = 5
+    n_epochs: int = 3
     learning_rate: float = 3e-4
     gamma: float = 0.99
     gae_lambda: float = 0.95
@@ -58,6 +62,7 @@ class PPOConfig:
     vf_coef: float = 0.5
     max_grad_norm: float = 1.0
     target_kl: float | None = None
+    sde_sample_freq: int = -1  # with PolicyConfig.use_sde: a new noise matrix every n steps (-1: once per rollout)
     adaptive_kl: float | None = 0.01
     """Keep each update's KL divergence near this by adapting the learning rate (rsl_rl's rule: /1.5 above twice
     the target, x1.5 below half of it, within [1e-5, 1e-2]); None = constant ``learning_rate``."""
@@ -89,7 +94,7 @@ class TrackingPPO(PPO):
         if isinstance(self.lr_schedule, KLAdaptiveLR):
             self.lr_schedule.update(float(self.logger.name_to_value["train/approx_kl"]))
         obs = self.rollout_buffer.observations  # (n_steps, N, obs): the rollout just trained on
-        self.policy.update_normalizers(torch.as_tensor(obs.reshape(-1, obs.shape[-1])))
+        self.policy.update_normalizers(torch.as_tensor(obs.reshape(-1, obs.shape[-1]), device=self.device))
 
 
 def tracking_config(d: dict[str, Any]) -> TrackingConfig:
@@ -117,6 +122,7 @@ def make_ppo(
         TokenActorCriticPolicy,
         env,
         policy_kwargs=policy_kwargs(layout, vocab_size, policy),
+        use_sde=policy.use_sde,
         seed=seed,
         device=device,
         verbose=0,
@@ -129,7 +135,8 @@ def make_ppo(
 
 
 def policy_kwargs(layout: ObsLayout, vocab_size: int, policy: PolicyConfig) -> dict[str, Any]:
-    """Keyword arguments of :class:`TokenActorCriticPolicy` for a task layout and sizes."""
+    """Keyword arguments of :class:`TokenActorCriticPolicy` for a task layout and sizes (``use_sde`` apart: SB3's
+    PPO passes that one itself)."""
     return {
         "features_extractor_kwargs": {
             "layout": layout.as_dict(),
@@ -235,10 +242,9 @@ def load_actor(path: str | Path, tokenizer_id: str, device: str = "cpu") -> tupl
     tensors, config, _ = read_policy_config(path)
     check_tokenizer(config, tokenizer_id, path)
     layout = ObsLayout(**{k: tuple(v) if v else None for k, v in config["layout"].items()})
+    sizes = PolicyConfig(**config["policy"])
     policy = TokenActorCriticPolicy(
-        *spaces(layout),
-        lambda _: 0.0,
-        **policy_kwargs(layout, int(config["vocab_size"]), PolicyConfig(**config["policy"])),
+        *spaces(layout), lambda _: 0.0, use_sde=sizes.use_sde, **policy_kwargs(layout, int(config["vocab_size"]), sizes)
     ).to(device)
     try:
         policy.load_state_dict(tensors)

@@ -83,6 +83,13 @@ def machine_description() -> str:
     return f"{platform.node()} {platform.machine()} {platform.processor()}".strip()
 
 
+def _device_name(device: str) -> str:
+    """What ran the PPO updates: ``cpu`` or the GPU's name."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return "cpu"
+
+
 def chunk_entry(config: dict[str, Any], env: H1TrackingVecEnv, steps_from: int) -> dict[str, Any]:
     """The history entry of this training invocation, before it has trained (its own steps and time are 0)."""
     machine = {
@@ -90,6 +97,7 @@ def chunk_entry(config: dict[str, Any], env: H1TrackingVecEnv, steps_from: int) 
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "physics_threads": env.sim.num_threads,
+        "device": _device_name(str(config.get("run", {}).get("device", "cpu"))),
     }
     return {
         "command": config.get("command") or " ".join(sys.argv),
@@ -124,6 +132,7 @@ class TrainingCallback(BaseCallback):
             raise ValueError(f"run.assist_mode must be linear or adaptive, got {run.assist_mode!r}")
         self.start = time.monotonic()
         self.last_ckpt = 0
+        self.saved_steps = -1  # environment steps of the last checkpoint written
         self.stop_requested = False  # set by a signal or the time limit
         self.stopped = False  # a checkpoint was written for the stop: end learn() now
         self.bar = None
@@ -226,7 +235,7 @@ class TrainingCallback(BaseCallback):
     def save(self) -> None:
         config = self.record(self.model.num_timesteps)
         save_policy(self.out_dir / "checkpoints" / "latest", self.model, self.env, config)
-        self.last_ckpt = self.num_timesteps
+        self.last_ckpt = self.saved_steps = self.num_timesteps
 
 
 @contextlib.contextmanager
@@ -284,10 +293,12 @@ def train_lowlevel(
         if not callback.stopped:  # learn() ended at a rollout boundary; a stop was saved at its boundary
             callback.save()
     wall = time.monotonic() - t0
+    # a stop was saved at a rollout boundary: SB3 took one more step before the callback could end learn()
+    steps = callback.saved_steps if callback.stopped else model.num_timesteps
     summary = {
-        "num_timesteps": int(model.num_timesteps),
+        "num_timesteps": int(steps),
         "wall_s": round(wall, 1),
-        "steps_per_s": round((model.num_timesteps - start_steps) / max(wall, 1e-9), 1),
+        "steps_per_s": round((steps - start_steps) / max(wall, 1e-9), 1),
         "finished": model.num_timesteps >= run.total_steps,
     }
     if summary["finished"]:
@@ -322,6 +333,7 @@ def _shape_of(config: dict[str, Any]) -> dict[str, Any]:
                 **{k: env.get(k) for k in ("action_mode", "action_scale", "next_tokens")},
                 **{k: policy.get(k) for k in ("embed_dim", "conv_channels", "token_features", "net_arch")},
                 "normalize_obs": bool(policy.get("normalize_obs", False)),  # absent in older checkpoints: off
+                "use_sde": bool(policy.get("use_sde", False)),
             }
         )
     )

@@ -81,6 +81,33 @@ def test_checkpoint_round_trip_and_tokenizer_check(walk: ReferenceLibrary, tmp_p
     env.close()
 
 
+def test_sde_noise_is_a_function_of_the_state_until_redrawn_and_round_trips(walk: ReferenceLibrary, tmp_path) -> None:
+    """With ``use_sde`` the exploration noise of an observation stays the same until the noise matrix is drawn
+    again (white noise would differ at every call); the checkpoint loads with the matrix-shaped log std, and a run
+    with other exploration is refused as a warm start."""
+    from control.lowlevel_train import _shape_of
+
+    sde = dataclasses.replace(SMALL, use_sde=True, log_std_init=-1.0)
+    env = H1TrackingVecEnv(walk, 4, TrackingConfig(num_threads=1))
+    model = make_ppo(env, env.sim.layout, walk.vocab_size, sde, PPOConfig(n_steps=8, batch_size=32), seed=0)
+    assert model.use_sde and model.policy.log_std.shape == (SMALL.net_arch[-1], robot.NU)
+    model.learn(32)
+    obs = torch.as_tensor(env.reset())
+    with torch.no_grad():
+        mean = model.policy.mean_action(obs)
+        noise = model.policy.get_distribution(obs).sample() - mean
+        torch.testing.assert_close(model.policy.get_distribution(obs).sample() - mean, noise)
+        assert float(noise.abs().mean()) > 1e-3
+        model.policy.reset_noise(len(obs))
+        assert not torch.allclose(model.policy.get_distribution(obs).sample() - mean, noise)
+    path = save_policy(tmp_path / "ckpt", model, env, {"policy": vars(sde), "env": {}}, with_state=False)
+    actor, _ = load_actor(path, walk.tokenizer_id)
+    torch.testing.assert_close(actor.mean_action(obs), mean)
+    differ = {k for k, v in _shape_of({"policy": vars(sde)}).items() if v != _shape_of({"policy": vars(SMALL)})[k]}
+    assert differ == {"use_sde"}  # what the weights mean; log_std_init only starts them
+    env.close()
+
+
 def test_obs_norm_merges_batches_into_the_statistics_of_their_union() -> None:
     rng = np.random.default_rng(0)
     batches = [rng.normal(m, s, (n, 3)) for m, s, n in ((0.0, 1.0, 5), (4.0, 0.1, 17), (-2.0, 3.0, 1))]
@@ -124,11 +151,12 @@ def test_normalized_policy_takes_in_each_rollout_after_its_update_and_round_trip
 COMMAND = "scripts/train_lowlevel.py out_dir=runs/tiny run.num_envs=4"
 
 
-def _run(ref: ReferenceLibrary, out, total: int, ckpt_every: int = 10**9, init_from: str = "", policy=SMALL) -> dict:
+def _run(ref: ReferenceLibrary, out, total: int, ckpt_every: int = 10**9, init_from: str = "", policy=SMALL,
+         max_minutes: float = 0.0) -> dict:  # fmt: skip
     task = TrackingConfig(num_threads=1)
     env = H1TrackingVecEnv(ref, 4, task, seed=0)
     run = RunConfig(total_steps=total, num_envs=4, progress=False, ckpt_every=ckpt_every, torch_threads=1,
-                    init_from=init_from)  # fmt: skip
+                    init_from=init_from, max_minutes=max_minutes)  # fmt: skip
     ppo = PPOConfig(n_steps=16, batch_size=32, n_epochs=2)
     record = {"policy": vars(policy), "env": dataclasses.asdict(task), "ppo": vars(ppo), "run": vars(run),
               "clips": list(ref.names), "command": COMMAND, "machine": "test-host x86_64"}  # fmt: skip
@@ -161,6 +189,14 @@ def test_resumed_training_equals_uninterrupted(walk: ReferenceLibrary, resumed_r
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
 
 
+def test_a_stopped_run_reports_the_steps_of_its_checkpoint(walk: ReferenceLibrary, tmp_path) -> None:
+    """A time limit stops at a rollout boundary after saving; SB3 has taken one more step by then, which the
+    checkpoint does not hold, so the summary must not count it."""
+    summary = _run(walk, tmp_path / "run", 64, max_minutes=1e-9)
+    assert not summary["finished"]
+    assert summary["num_timesteps"] == _config(tmp_path / "run" / "checkpoints" / "latest")["num_timesteps"] == 0
+
+
 def test_a_resumed_run_records_one_history_entry_per_chunk(resumed_run: Path) -> None:
     history = _config(resumed_run / "checkpoints" / "latest")["history"]
     assert [(h["steps_from"], h["steps_to"]) for h in history] == [(0, 64), (64, 192)]  # contiguous
@@ -170,7 +206,7 @@ def test_a_resumed_run_records_one_history_entry_per_chunk(resumed_run: Path) ->
     for h in history:
         assert h["command"] == COMMAND and h["wall_s"] >= 0
         assert h["machine"] == {"description": "test-host x86_64", "cpu_count": os.cpu_count(), "torch_threads": 1,
-                                "physics_threads": 1}  # fmt: skip
+                                "physics_threads": 1, "device": "cpu"}  # fmt: skip
         assert datetime.fromisoformat(h["started"]).utcoffset() == timedelta(0)
     assert history[0]["started"] <= history[1]["started"]
 
@@ -347,6 +383,24 @@ def test_train_script_reads_its_motions_from_source(tmp_path) -> None:
     assert out.returncode == 2 and "source=PATH" in out.stderr
 
 
+def test_default_config_builds_a_valid_task_policy_and_ppo() -> None:
+    """configs/train_lowlevel.yaml's sections are what the script passes on: a misspelt key or joint group fails
+    here instead of minutes into a run; the ankles get the whole motor per unit action (docs/lowlevel.md)."""
+    from omegaconf import OmegaConf
+
+    from control.lowlevel import tracking_config
+    from envs.tracking import action_scales, build_model
+
+    cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "train_lowlevel.yaml"), resolve=False)
+    task = tracking_config(cfg["env"])
+    task.check()
+    PolicyConfig(**cfg["policy"]), PPOConfig(**cfg["ppo"]), RunConfig(**cfg["run"])
+    model = build_model(task)
+    scales = action_scales(model, task.action_scale)
+    ankles = [i for i in range(model.nu) if "ankle" in model.actuator(i).name]
+    assert len(ankles) == 2 and np.all(scales[ankles] * model.actuator_gainprm[ankles, 0] == 40.0)
+
+
 def test_assist_schedule_fades_linearly_to_none() -> None:
     run = RunConfig(assist_start=2.0, assist_steps=1000)
     for t in (0, 250, 999, 1000, 5000):
@@ -413,3 +467,36 @@ def test_adaptive_assist_state_is_saved_and_resumed(stand: ReferenceLibrary, tmp
             env, tmp_path / "other", RunConfig(total_steps=64, **{**kw, "assist_mode": "cosine"}), SMALL, ppo, {}
         )
     env.close()
+
+
+def test_device_script_trains_a_chunk_on_top_of_init_and_packs_it(tmp_path) -> None:
+    """scripts/device_lowlevel.sh (one `run` call on the lent machine): a chunk warm-started from INIT with another
+    number of robots, packed into $OUT so that the checkpoint carries INIT's steps and history on; a bad INIT is
+    one clear line before anything is spent."""
+    import subprocess
+    import tarfile
+
+    from tests.conftest import synthetic_qpos, write_csv
+
+    data = tmp_path / "data"
+    data.mkdir()
+    write_csv(data / "walk9_subject0.csv", synthetic_qpos(100, seed=3))
+    shipped = ROOT / "assets" / "checkpoints" / "lowlevel_h1"
+    env = {**os.environ, "MINUTES": "0.02", "NUM_ENVS": "4", "N_STEPS": "8", "BATCH": "32", "THREADS": "1"}
+    env |= {"OUT": str(tmp_path / "out"), "MOTIONTOK_DATA": str(data)}
+    script = ["bash", str(ROOT / "scripts" / "device_lowlevel.sh")]
+    bad = subprocess.run(script, capture_output=True, text=True, env={**env, "INIT": str(tmp_path / "nope")})
+    assert bad.returncode == 2 and "is not a policy checkpoint" in bad.stderr
+    done = subprocess.run(script, capture_output=True, text=True, env={**env, "INIT": str(shipped)})
+    assert done.returncode == 0, done.stderr
+    parts = sorted((tmp_path / "out").glob("ll.tgz.*"))
+    (tmp_path / "packed.tgz").write_bytes(b"".join(p.read_bytes() for p in parts))
+    with tarfile.open(tmp_path / "packed.tgz") as tar:
+        tar.extractall(tmp_path / "back", filter="data")
+    config = _config(tmp_path / "back" / "checkpoints" / "latest")
+    start = _config(shipped)
+    assert config["num_timesteps"] > start["num_timesteps"] and config["run"]["num_envs"] == 4
+    chunk = config["history"][-1]
+    assert chunk["steps_from"] == start["num_timesteps"] and chunk["steps_to"] == config["num_timesteps"]
+    assert config["history"][:-1] == start.get("history", [])
+    load_actor(tmp_path / "back" / "checkpoints" / "latest", config["tokenizer_id"])
