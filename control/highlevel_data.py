@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from control.highlevel import HIGHLEVEL_FORMAT, Context, HighLevelPolicy, config_dict
+from control.highlevel import DEFAULT_GUIDANCE, HIGHLEVEL_FORMAT, Context, HighLevelPolicy, config_dict
 from control.labels import LABELS
 from control.text import TextEncoder, cached_embeddings, load_descriptions
 from control.theme_classifier import ThemeClassifier
@@ -213,10 +213,12 @@ class HighLevelData:
         }
 
     @torch.no_grad()
-    def evaluate(self, model: HighLevelPolicy, beta: float, limit: int | None) -> dict[str, float]:
+    def evaluate(
+        self, model: HighLevelPolicy, beta: float, limit: int | None, guidance: float = DEFAULT_GUIDANCE
+    ) -> dict[str, float]:
         """Teacher-forced token NLL and accuracy on the validation windows (text: the mean paraphrase of the
-        file's theme); with ``limit`` None also the decoded motion of sampled codes against the true future:
-        ``mpjpe_mm``, ``joint_rmse_deg``, and ``com_goal_error_m``."""
+        file's theme); with ``limit`` None also the decoded motion of codes sampled with ``guidance`` against the
+        true future: ``mpjpe_mm``, ``joint_rmse_deg``, and ``com_goal_error_m``."""
         if self.val is None or len(self.val.starts) == 0:
             return {}
         was_training = model.training
@@ -231,7 +233,8 @@ class HighLevelData:
             sums["token_nll"] += nll.mean(1).sum().item()
             sums["token_accuracy"] += (logits.argmax(-1) == ctx["tokens"]).float().mean(1).sum().item()
             if limit is None:
-                preds.append(model.sample(ctx, generator=torch.Generator(self.device).manual_seed(i)).cpu())
+                gen = torch.Generator(self.device).manual_seed(i)
+                preds.append(model.sample(ctx, guidance=guidance, generator=gen).cpu())
         out = {k: v / n for k, v in sums.items()}
         if limit is None:
             out |= self.motion_errors(self.tokenizer.decode(torch.cat(preds)).double().numpy(), np.arange(n))

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from control.highlevel import Context, HighLevelPolicy
+from control.highlevel import DEFAULT_GUIDANCE, Context, HighLevelPolicy
 from control.highlevel_data import FUTURE, PAST, com_context
 from motiontok import features as feat
 from motiontok.motion import MotionClip, forward_kinematics
@@ -117,7 +117,7 @@ class Planner:
         *,
         temperature: float = 1.0,
         top_k: int = 0,
-        guidance: float = 1.0,
+        guidance: float = DEFAULT_GUIDANCE,
         seed: int = 0,
     ):
         self.tokenizer, self.policy, self.goal = tokenizer, policy, goal

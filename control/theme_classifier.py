@@ -63,3 +63,33 @@ class ThemeClassifier(nn.Module):
     def predict(self, windows: np.ndarray | Tensor) -> list[str]:
         """The theme of each window (N, L, F)."""
         return [self.themes[i] for i in self(windows).argmax(-1).tolist()]
+
+
+def leave_one_file_out(
+    windows: np.ndarray, themes: np.ndarray, files: np.ndarray, theme_names: list[str], motion_windows: int = 15
+) -> dict[str, dict[str, float]]:
+    """How well the judge recognises true motion it was not fitted on, the ceiling of what text faithfulness can
+    show. For every file, a classifier fitted on all other files judges that file's windows (N, L, F), given in
+    time order with their theme indices (N,) and file names (N,). Returns per theme (over all its files) the share
+    of windows recognised (``per_window``) and of motions, majority votes over ``motion_windows`` consecutive
+    windows of a file (``per_motion``; a file's remainder shorter than that is left out)."""
+    themes, files = np.asarray(themes), np.asarray(files)
+    if not len(windows) == len(themes) == len(files):
+        raise ValueError(f"windows, themes and files differ in length: {len(windows)}, {len(themes)}, {len(files)}")
+    hits: dict[str, dict[str, list[bool]]] = {"per_window": {}, "per_motion": {}}
+    for f in dict.fromkeys(files.tolist()):  # files in order of appearance
+        held = files == f
+        if len(np.unique(themes[held])) != 1:
+            raise ValueError(f"file {f!r} has windows of several themes")
+        if len(np.unique(themes[~held])) < 2:
+            raise ValueError(f"leaving out {f!r} leaves fewer than two themes to fit on")
+        clf = ThemeClassifier(theme_names, windows.shape[-1])
+        clf.fit(windows[~held], themes[~held])
+        with torch.no_grad():
+            pred = clf(windows[held]).argmax(-1).numpy()  # (n,)
+        theme = int(themes[held][0])
+        votes = [np.bincount(pred[s : s + motion_windows], minlength=len(theme_names)).argmax()
+                 for s in range(0, len(pred) - motion_windows + 1, motion_windows)]  # fmt: skip
+        hits["per_window"].setdefault(theme_names[theme], []).extend(pred == theme)
+        hits["per_motion"].setdefault(theme_names[theme], []).extend(np.array(votes) == theme)
+    return {unit: {t: float(np.mean(h)) if h else float("nan") for t, h in per.items()} for unit, per in hits.items()}

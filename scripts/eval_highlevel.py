@@ -18,6 +18,8 @@ from motiontok.data import PAPER_VAL_FILES
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from control.highlevel import DEFAULT_GUIDANCE
+
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog="Exit status: 0 ok, 2 unreadable data or checkpoint, or a policy of another tokenizer.",
@@ -29,8 +31,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--text-encoder", type=Path, help="local BERT-family folder (default: all-MiniLM-L6-v2)")
     p.add_argument("--val-files", nargs="+", default=list(PAPER_VAL_FILES), help="validation file stems")
     p.add_argument("--texts-per-theme", type=int, default=3, help="paraphrases per theme for faithfulness")
-    p.add_argument("--windows", type=int, default=3, help="windows generated per text (from a standing start)")
-    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance weight (1 = off)")
+    p.add_argument("--windows", type=int, default=15, help="windows generated per text (from a standing start)")
+    p.add_argument(
+        "--guidance",
+        type=float,
+        default=DEFAULT_GUIDANCE,
+        help="classifier-free guidance weight of the sampled windows (1 = off; default: run_policy.py's, %(default)s)",
+    )
+    p.add_argument(
+        "--judge-cv",
+        action="store_true",
+        help="also measure the theme judge on true motion of files it was not fitted on (leave one file out, all "
+        "files; about a minute): the ceiling of text faithfulness",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p.parse_args(argv)
@@ -94,6 +107,27 @@ def faithfulness(
     return themes, labels
 
 
+def judge_ceiling(dataset, themes: list[str], window: int, motion_windows: int) -> dict:
+    """The theme judge's leave-one-file-out accuracy on consecutive true windows of every file (see
+    ``control.theme_classifier.leave_one_file_out``), per theme and averaged over themes."""
+    import numpy as np
+
+    from control.theme_classifier import leave_one_file_out
+    from envs.reference import theme_of
+    from motiontok.data import MotionDataset
+
+    ds = MotionDataset.load(dataset)
+    starts = ds.window_starts(window, window)  # (N,) consecutive windows, files in order
+    files = np.array(ds.clip_files)[np.searchsorted(ds.split_points, starts, side="right") - 1]
+    known = np.array([theme_of(f) in themes for f in files])
+    labels = np.array([themes.index(theme_of(f)) for f in files[known]])
+    windows = ds.features[starts[known, None] + np.arange(window)]  # (N, L, F)
+    acc = leave_one_file_out(windows, labels, files[known], themes, motion_windows)
+    means = {f"mean_{unit}": round(float(np.nanmean(list(per.values()))), 4) for unit, per in acc.items()}
+    rounded = {unit: {k: round(v, 3) for k, v in per.items()} for unit, per in acc.items()}
+    return {**means, **rounded, "motion_windows": motion_windows}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
@@ -121,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     config["_path"] = args.checkpoint
-    metrics = data.evaluate(policy, 0.0, None)
+    metrics = data.evaluate(policy, 0.0, None, guidance=args.guidance)
     faith, label_faith = faithfulness(
         tokenizer, policy, config, encoder, load_descriptions(), args.texts_per_theme, args.windows, args.guidance
     )
@@ -132,6 +166,11 @@ def main(argv: list[str] | None = None) -> int:
         "label_faithfulness": round(sum(label_faith.values()) / max(len(label_faith), 1), 4),
         "label_faithfulness_per_label": {k: round(v, 3) for k, v in label_faith.items()},
         "classifier_val_accuracy": config.get("classifier_val_accuracy"),
+        **(
+            {"judge_cv": judge_ceiling(dataset, config["themes"], tokenizer.window, args.windows)}
+            if args.judge_cv
+            else {}
+        ),
         "guidance": args.guidance,
         "checkpoint": str(args.checkpoint or "shipped"),
     }

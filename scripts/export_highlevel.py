@@ -28,6 +28,7 @@ KEYS = (
 def render_readme(config: dict, eval_metrics: dict, notes: str = "") -> str:
     per_theme = eval_metrics.get("text_faithfulness_per_theme", {})
     judge = eval_metrics.get("classifier_val_accuracy") or config.get("classifier_val_accuracy") or {}
+    cv = eval_metrics.get("judge_cv", {}).get("per_window", {})  # leave-one-file-out accuracy per theme
     lines = [
         "# Shipped high-level policy",
         "",
@@ -49,11 +50,22 @@ def render_readme(config: dict, eval_metrics: dict, notes: str = "") -> str:
         metrics_table(eval_metrics, KEYS),
         "",
         "Text faithfulness per theme (share of generated windows the theme classifier recognises) and the "
-        "classifier's own accuracy on true validation windows:",
+        "classifier's own accuracy on true validation windows"
+        + (
+            ", and on the true windows of every file when fitted on all other files (`--judge-cv`: what the judge can "
+            "recognise at best)"
+            if cv
+            else ""
+        )
+        + ":",
         "",
-        "| theme | generated | true windows |",
-        "| --- | --- | --- |",
-        *[f"| {t} | {per_theme.get(t, float('nan')):.2f} | {judge.get(t, float('nan')):.2f} |" for t in per_theme],
+        "| theme | generated | true windows |" + (" true windows, file held out |" if cv else ""),
+        "| --- | --- | --- |" + (" --- |" if cv else ""),
+        *[
+            f"| {t} | {per_theme.get(t, float('nan')):.2f} | {judge.get(t, float('nan')):.2f} |"
+            + (f" {cv.get(t, float('nan')):.2f} |" if cv else "")
+            for t in per_theme
+        ],
     ]
     per_label = eval_metrics.get("label_faithfulness_per_label", {})
     if per_label:

@@ -118,12 +118,13 @@ def test_eval_highlevel_reports_chance_level_for_an_untrained_policy(
     highlevel_dir: Path, real_data_dir, tmp_path: Path, capsys
 ) -> None:
     """An untrained policy: the token NLL is near log V (a per-token mean, not a sum), accuracy near 1/V, every
-    faithfulness figure a share of windows, and the mean is the mean of the themes'."""
+    faithfulness figure a share of windows, and the mean is the mean of the themes'; the judge's leave-one-file-out
+    accuracy on true motion."""
     import eval_highlevel
 
     code = eval_highlevel.main(["--checkpoint", str(highlevel_dir), "--data", str(real_data_dir), "--json",
                                 "--dataset", str(tmp_path / "lafan.h5"),
-                                "--texts-per-theme", "1", "--windows", "1"])  # fmt: skip
+                                "--texts-per-theme", "1", "--windows", "1", "--judge-cv"])  # fmt: skip
     out = capsys.readouterr()
     assert code == 0, out.err
     result = json.loads(out.out)
@@ -135,6 +136,9 @@ def test_eval_highlevel_reports_chance_level_for_an_untrained_policy(
     assert set(per_label) == set(LABELS) and all(v in (0.0, 1.0) for v in per_label.values())
     assert result["label_faithfulness"] == pytest.approx(sum(per_label.values()) / len(LABELS), abs=1e-4)
     assert result["mpjpe_mm"] > 0 and result["com_goal_error_m"] > 0
+    cv = result["judge_cv"]  # dance against walk on true windows of held-out files: far above chance unless mislabelled
+    assert set(cv["per_window"]) == set(THEMES) and cv["mean_per_window"] > 0.7
+    assert cv["mean_per_window"] == pytest.approx(sum(cv["per_window"].values()) / 2, abs=1e-3)
 
 
 def test_export_highlevel_ships_a_loadable_copy_with_its_record(highlevel_dir: Path, tmp_path: Path, capsys) -> None:
@@ -156,6 +160,11 @@ def test_export_highlevel_ships_a_loadable_copy_with_its_record(highlevel_dir: P
         "| `token_nll` | 2.25 |" in readme and "| walk | 1.00 | nan |" in readme and "| dance | 0.50 | 0.60 |" in readme
     )
     assert "| label | generated |\n| --- | --- |\n| walk | 0.75 |" in readme
+    metrics["judge_cv"] = {"per_window": {"dance": 0.33, "walk": 0.5}}  # the judge on files it was not fitted on
+    (tmp_path / "eval.json").write_text(json.dumps(metrics))
+    assert export_highlevel.main(["--run", str(tmp_path / "run"), "--out", str(out), "--eval-json",
+                                  str(tmp_path / "eval.json")]) == 0  # fmt: skip
+    assert "| dance | 0.50 | 0.60 | 0.33 |" in (out / "README.md").read_text()
     from control.highlevel import load_highlevel
 
     load_highlevel(out, MotionTokenizer.load())
