@@ -39,6 +39,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="classifier-free guidance weight of the sampled windows (1 = off; default: run_policy.py's, %(default)s)",
     )
     p.add_argument(
+        "--judge",
+        type=Path,
+        help="high-level policy directory whose theme classifier judges faithfulness (default: the evaluated "
+        "policy's own); pass the shipped one to compare policies with one judge",
+    )
+    p.add_argument(
         "--judge-cv",
         action="store_true",
         help="also measure the theme judge on true motion of files it was not fitted on (leave one file out, all "
@@ -77,21 +83,19 @@ def judged_share(planner_for, texts, windows: int, judge) -> float:
 
 
 def faithfulness(
-    tokenizer, policy, config, encoder, desc, texts_per_theme: int, windows: int, guidance: float = 1.0
+    tokenizer, policy, config, clf, encoder, desc, texts_per_theme: int, windows: int, guidance: float = 1.0
 ) -> tuple[dict[str, float], dict[str, float]]:
-    """Per theme: the share of generated windows the theme classifier recognises as that theme; per activity
+    """Per theme: the share of generated windows the theme classifier ``clf`` recognises as that theme; per activity
     label: the share of windows generated from the label's texts (and a COM goal in its band, LABEL_GOALS) that
     control.labels.window_label labels so (a rule that is exact on true windows)."""
     import numpy as np
 
-    from control.highlevel import load_theme_classifier
     from control.labels import LABELS, window_label
     from control.runner import Goal, Planner
 
     def planner_for(goal: Goal):
         return lambda emb, seed: Planner(tokenizer, policy, emb, goal, guidance=guidance, seed=seed)
 
-    clf = load_theme_classifier(config["_path"])
     themes = {}
     for theme in config["themes"]:
         goal = Goal(min(config.get("theme_speeds", {}).get(theme, 0.0), 5.0))
@@ -132,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
 
-    from control.highlevel import load_highlevel
+    from control.highlevel import load_highlevel, load_theme_classifier
     from control.highlevel_data import HighLevelData, text_bank
     from control.labels import LABELS, window_label
     from control.text import TextEncoder, load_descriptions
@@ -144,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tokenizer = MotionTokenizer.load(args.tokenizer)
         policy, config = load_highlevel(args.checkpoint, tokenizer)
+        clf = load_theme_classifier(args.judge or args.checkpoint)
         encoder = TextEncoder(args.text_encoder)
         bank, themes = text_bank(encoder, 0.0)
         dataset = ensure_dataset(args.dataset, args.data)
@@ -154,10 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, MotionDataError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    config["_path"] = args.checkpoint
     metrics = data.evaluate(policy, 0.0, None, guidance=args.guidance)
     faith, label_faith = faithfulness(
-        tokenizer, policy, config, encoder, load_descriptions(), args.texts_per_theme, args.windows, args.guidance
+        tokenizer, policy, config, clf, encoder, load_descriptions(), args.texts_per_theme, args.windows, args.guidance
     )
     result = {
         **{k: round(v, 4) for k, v in metrics.items()},
@@ -173,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "guidance": args.guidance,
         "checkpoint": str(args.checkpoint or "shipped"),
+        "judge": str(args.judge or args.checkpoint or "shipped"),
     }
     print(json.dumps(result) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))
     return 0
