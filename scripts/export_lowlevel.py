@@ -90,7 +90,9 @@ def config_lines(config: dict[str, Any]) -> list[str]:
         f"- env: action mode `{env.get('action_mode', '?')}`, action scale {env.get('action_scale', '?')}, episodes "
         f"of {env.get('episode_seconds', '?')} s, next tokens {env.get('next_tokens', '?')}",
         f"- policy: embed {policy.get('embed_dim')}, conv channels {policy.get('conv_channels')}, token features "
-        f"{policy.get('token_features')}, net_arch {policy.get('net_arch')}, log_std_init {policy.get('log_std_init')}",
+        f"{policy.get('token_features')}, net_arch {policy.get('net_arch')}, log_std_init "
+        f"{policy.get('log_std_init')}, normalize_obs {policy.get('normalize_obs', False)}, "
+        f"use_sde {policy.get('use_sde', False)}",
         "- PPO: " + ", ".join(f"{k} {ppo[k]}" for k in ppo_keys if k in ppo),
         f"- clips trained on ({len(clips)}): {', '.join(clips) or '?'}",
         "- resolved config: `config.json` (`env`, `policy`, `ppo`, `run`), also the hydra record of the run",

@@ -169,6 +169,7 @@ def test_export_ships_the_latest_checkpoint_without_trainer_state(
     assert "| walk | 0.875 | 4.5 | 80.5 | 88 | 8 |" in readme and "| run | 0.25 | 1.5 | 107.5 | 99 | 2 |" in readme
     assert "| 1 | " in readme and " | 0 | 64 | " in readme and " | 64 | 192 | " in readme  # the chunk table
     assert "action mode `pd_offset`" in readme and "walk9_subject0" in readme
+    assert "normalize_obs False, use_sde False" in readme  # settings that change what the weights mean
     shutil.copytree(resumed_run / "final", run / "final")  # a finished run ships final/, replacing the copy
     assert main(["--run", str(run), "--out", str(out), "--eval-json", str(tmp_path / "eval.json")]) == 0
     assert "final ->" in capsys.readouterr().out and load_actor(out, walk.tokenizer_id)[1]["num_timesteps"] == 192
