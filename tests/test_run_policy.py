@@ -88,6 +88,14 @@ def test_missing_or_foreign_checkpoints_are_refused(highlevel_dir: Path, tmp_pat
     assert code == 2 and "trained on tokenizer" in err
 
 
+def test_eval_highlevel_refuses_a_missing_judge(highlevel_dir: Path, tmp_path: Path, capsys) -> None:
+    import eval_highlevel
+
+    code = eval_highlevel.main(["--checkpoint", str(highlevel_dir), "--judge", str(tmp_path / "none"),
+                                "--data", str(tmp_path)])  # fmt: skip
+    assert code == 2 and "no such checkpoint" in capsys.readouterr().err
+
+
 def test_goal_path_turns_at_the_requested_rate() -> None:
     """The COM goal: constant speed along an arc; brute force by stepping the heading."""
     goal = Goal(1.5, 0.6)
@@ -117,21 +125,26 @@ def test_goal_height_moves_smoothly_to_the_asked_height() -> None:
 def test_eval_highlevel_reports_chance_level_for_an_untrained_policy(
     highlevel_dir: Path, real_data_dir, tmp_path: Path, capsys
 ) -> None:
-    """An untrained policy: the token NLL is near log V (a per-token mean, not a sum), accuracy near 1/V, every
-    faithfulness figure a share of windows, and the mean is the mean of the themes'; the judge's leave-one-file-out
-    accuracy on true motion."""
+    """An untrained policy: the token NLL is near log V (a per-token mean, not a sum), accuracy near 1/V, the
+    faithfulness figures shares of windows whose mean is the mean of the themes'; the judge's leave-one-file-out
+    accuracy on true motion. ``--judge``: another policy's classifier, one that calls every window "walk" (the
+    policy's own calls this one "dance")."""
     import eval_highlevel
 
+    from motiontok.checkpoint import load_checkpoint
+
+    tensors, config, _ = load_checkpoint(highlevel_dir)
+    tensors["classifier.linear.bias"] = torch.tensor([-100.0, 100.0])  # THEMES: dance, walk
+    judge = save_checkpoint(tmp_path / "judge", tensors, config)
     code = eval_highlevel.main(["--checkpoint", str(highlevel_dir), "--data", str(real_data_dir), "--json",
-                                "--dataset", str(tmp_path / "lafan.h5"),
+                                "--dataset", str(tmp_path / "lafan.h5"), "--judge", str(judge),
                                 "--texts-per-theme", "1", "--windows", "1", "--judge-cv"])  # fmt: skip
     out = capsys.readouterr()
     assert code == 0, out.err
     result = json.loads(out.out)
     assert abs(result["token_nll"] - math.log(1024)) < 1.0 and result["token_accuracy"] < 0.02
-    per_theme = result["text_faithfulness_per_theme"]
-    assert set(per_theme) == set(THEMES) and all(v in (0.0, 1.0) for v in per_theme.values())
-    assert result["text_faithfulness"] == pytest.approx(sum(per_theme.values()) / 2, abs=1e-4)
+    assert result["text_faithfulness_per_theme"] == {"dance": 0.0, "walk": 1.0} and result["judge"] == str(judge)
+    assert result["text_faithfulness"] == pytest.approx(0.5, abs=1e-4)
     per_label = result["label_faithfulness_per_label"]
     assert set(per_label) == set(LABELS) and all(v in (0.0, 1.0) for v in per_label.values())
     assert result["label_faithfulness"] == pytest.approx(sum(per_label.values()) / len(LABELS), abs=1e-4)
