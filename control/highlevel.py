@@ -36,10 +36,11 @@ from motiontok.nets import ARPosterior, TrajectoryNetConfig, TransformerEncoder
 from motiontok.paths import asset_dir
 
 DEFAULT_GUIDANCE = 5.0
-"""Classifier-free guidance weight of ``run_policy.py`` and ``eval_highlevel.py``, by measurement on the shipped
-policy (3 texts x 15 windows per theme from a standing start, two seed sets): theme faithfulness 0.22-0.27 at 1
-(no guidance), 0.31-0.32 at 3, 0.42-0.44 at 5, 0.43 at 8; the COM goal error grows from 0.17-0.19 m to 0.20-0.22 m
-at 5 (assets/checkpoints/highlevel_h1/README.md)."""
+"""Classifier-free guidance weight of ``run_policy.py`` and ``eval_highlevel.py``, by measurement (3 texts x 15
+windows per theme from a standing start): on the base policy theme faithfulness 0.22-0.27 at 1 (no guidance),
+0.31-0.32 at 3, 0.42-0.44 at 5, 0.43 at 8 (two seed sets), the COM goal error 0.17-0.19 m at 1 and 0.20-0.22 m at 5;
+on the shipped fine-tune 0.63 at both 5 and 8, with more COM error and MPJPE at 8
+(assets/checkpoints/highlevel_h1/README.md)."""
 
 
 @dataclass
