@@ -124,6 +124,8 @@ def judge_ceiling(dataset, themes: list[str], window: int, motion_windows: int) 
     starts = ds.window_starts(window, window)  # (N,) consecutive windows, files in order
     files = np.array(ds.clip_files)[np.searchsorted(ds.split_points, starts, side="right") - 1]
     known = np.array([theme_of(f) in themes for f in files])
+    if not known.any():
+        raise ValueError(f"{dataset}: no file of the policy's themes {themes} to measure the judge on")
     labels = np.array([themes.index(theme_of(f)) for f in files[known]])
     windows = ds.features[starts[known, None] + np.arange(window)]  # (N, L, F)
     acc = leave_one_file_out(windows, labels, files[known], themes, motion_windows)
@@ -156,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             dataset, tokenizer, bank, themes, lambda w, fps: LABELS.index(window_label(w, fps)),
             args.val_files, progress=False, train=False,
         )  # fmt: skip
+        cv = judge_ceiling(dataset, config["themes"], tokenizer.window, args.windows) if args.judge_cv else None
     except (CheckpointError, MotionDataError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -170,11 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         "label_faithfulness": round(sum(label_faith.values()) / max(len(label_faith), 1), 4),
         "label_faithfulness_per_label": {k: round(v, 3) for k, v in label_faith.items()},
         "classifier_val_accuracy": config.get("classifier_val_accuracy"),
-        **(
-            {"judge_cv": judge_ceiling(dataset, config["themes"], tokenizer.window, args.windows)}
-            if args.judge_cv
-            else {}
-        ),
+        **({"judge_cv": cv} if cv is not None else {}),
         "guidance": args.guidance,
         "checkpoint": str(args.checkpoint or "shipped"),
         "judge": str(args.judge or args.checkpoint or "shipped"),

@@ -96,6 +96,19 @@ def test_eval_highlevel_refuses_a_missing_judge(highlevel_dir: Path, tmp_path: P
     assert code == 2 and "no such checkpoint" in capsys.readouterr().err
 
 
+def test_eval_highlevel_judge_cv_needs_two_themes(highlevel_dir: Path, real_data_dir, tmp_path: Path, capsys) -> None:
+    """Leave-one-file-out over walk files only: no other theme to fit on, one clear error (exit 2)."""
+    import shutil
+
+    import eval_highlevel
+
+    for stem in ("walk1_subject1", "walk2_subject4"):
+        shutil.copy(real_data_dir / f"{stem}.csv", tmp_path / f"{stem}.csv")
+    code = eval_highlevel.main(["--checkpoint", str(highlevel_dir), "--data", str(tmp_path), "--dataset",
+                                str(tmp_path / "walk.h5"), "--val-files", "walk2_subject4", "--judge-cv"])  # fmt: skip
+    assert code == 2 and "fewer than two themes" in capsys.readouterr().err
+
+
 def test_goal_path_turns_at_the_requested_rate() -> None:
     """The COM goal: constant speed along an arc; brute force by stepping the heading."""
     goal = Goal(1.5, 0.6)
