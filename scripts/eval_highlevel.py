@@ -83,7 +83,7 @@ def judged_share(planner_for, texts, windows: int, judge) -> float:
 
 
 def faithfulness(
-    tokenizer, policy, config, clf, encoder, desc, texts_per_theme: int, windows: int, guidance: float = 1.0
+    tokenizer, policy, config, clf, encoder, desc, texts_per_theme: int, windows: int, guidance: float
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Per theme: the share of generated windows the theme classifier ``clf`` recognises as that theme; per activity
     label: the share of windows generated from the label's texts (and a COM goal in its band, LABEL_GOALS) that
