@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import os
 import platform
 import signal
@@ -343,9 +344,11 @@ class Trainer:
             dist.barrier()
         return final
 
-    def close(self) -> None:
+    def close(self, completed: bool) -> None:
         """Release the progress bar, the TensorBoard writer and the process group, and put back torch's thread
-        count and TF32 setting, also after an error."""
+        count and TF32 setting, also after an error. After a ``completed`` run the ranks tear the process group
+        down together (a last barrier), and the DDP wrapper, which holds the group, is dropped first so that the
+        group is freed inside ``destroy_process_group`` while every peer is still connected, not later."""
         if self._restore_globals is not None:
             torch.set_num_threads(self._restore_globals[0])
             torch.backends.cuda.matmul.allow_tf32 = self._restore_globals[1]
@@ -354,19 +357,26 @@ class Trainer:
         if self.writer is not None:
             self.writer.close()
         if dist.is_available() and dist.is_initialized():
+            if completed:  # not after an error: a peer that already left would leave this barrier waiting
+                dist.barrier()
+            self.runner = None
+            gc.collect()
             dist.destroy_process_group()
 
     def run(self) -> dict[str, float]:
         """setup, then steps with periodic logging, evaluation and checkpoints until ``steps``, a signal or
         ``max_minutes`` (a checkpoint is always written before leaving), then finalize; :meth:`close` whatever
         happens."""
-        self.writer = self.bar = self._restore_globals = None
+        self.writer = self.bar = self._restore_globals = self.runner = None
         try:
             self.setup()
             self.loop()
-            return self.finalize()
-        finally:
-            self.close()
+            final = self.finalize()
+        except BaseException:
+            self.close(completed=False)
+            raise
+        self.close(completed=True)
+        return final
 
     def loop(self) -> None:
         """The steps, with logging, periodic evaluation and checkpoints."""
