@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import platform
 import signal
@@ -53,6 +54,7 @@ class RunConfig:
     assist_mode: str = "linear"  # linear | adaptive (fades only while the policy keeps the robot up)
     assist_fell_target: float = 0.5  # adaptive: fade while the smoothed share of episodes that fall is below this
     init_from: str = ""  # a new run starts from this policy's weights, steps and history (e.g. the shipped policy)
+    init_std: float = 0.0  # with init_from: reset the action noise std of every joint to this (action units); 0 = keep
 
     def assist(self, num_timesteps: int) -> float:
         """The linear schedule's scale at ``num_timesteps`` (evaluation and run_policy never use the support)."""
@@ -267,6 +269,8 @@ def train_lowlevel(
     """Train (or resume from ``out_dir/checkpoints/latest``) up to ``run.total_steps``; returns a summary and
     writes ``out_dir/final`` (weights and config, no trainer state)."""
     out_dir = Path(out_dir)
+    if run.init_std < 0.0 or not math.isfinite(run.init_std) or (run.init_std > 0.0 and not run.init_from):
+        raise ValueError(f"run.init_std must be a positive std with run.init_from (0 = keep), got {run.init_std}")
     if run.torch_threads > 0:
         torch.set_num_threads(run.torch_threads)
     model = make_ppo(
@@ -281,7 +285,7 @@ def train_lowlevel(
     )
     history, assist = _resume(model, env, out_dir / "checkpoints" / "latest")
     if model.num_timesteps == 0 and run.init_from:
-        history = warm_start(model, env, Path(run.init_from), config)
+        history = warm_start(model, env, Path(run.init_from), config, run.init_std)
     chunk = chunk_entry(config, env, model.num_timesteps)
     callback = TrainingCallback(env, out_dir, run, config, history, chunk, assist)
     t0 = time.monotonic()
@@ -307,11 +311,14 @@ def train_lowlevel(
     return summary
 
 
-def warm_start(model: PPO, env: H1TrackingVecEnv, source: Path, config: dict[str, Any]) -> list[dict[str, Any]]:
+def warm_start(
+    model: PPO, env: H1TrackingVecEnv, source: Path, config: dict[str, Any], init_std: float = 0.0
+) -> list[dict[str, Any]]:
     """Start a new run from the weights of the policy checkpoint ``source`` (a ``final/`` or exported directory,
     no trainer state needed): a fresh optimizer and fresh episodes, the step count and chunk history carried on.
     The policy must match this run: same tokenizer, observation layout, action mode and scale, network sizes and
-    observation normalisation."""
+    observation normalisation. ``init_std`` > 0 resets the exploration noise (the std of every action, or of
+    gSDE's noise matrix entries) to that value: the learned std shrinks only as fast as the KL-limited rate."""
     tensors, saved, _ = read_policy_config(source)
     check_tokenizer(saved, env.sim.ref.tokenizer_id, source)
     mine = _shape_of(config | {"layout": env.sim.layout.as_dict()})
@@ -319,6 +326,9 @@ def warm_start(model: PPO, env: H1TrackingVecEnv, source: Path, config: dict[str
     if differ:
         raise CheckpointError(f"{source}: cannot start from this policy, its {', '.join(differ)} differ from the run's")
     restore(model, env, tensors, saved, None)
+    if init_std > 0.0:
+        with torch.no_grad():
+            model.policy.log_std.fill_(math.log(init_std))
     print(f"starting from the weights of {source} at {model.num_timesteps} environment steps")
     return list(saved.get("history", []))
 

@@ -30,11 +30,11 @@ COMMAND = "scripts/train_lowlevel.py out_dir=runs/tiny run.num_envs=4"
 
 
 def _run(ref: ReferenceLibrary, out, total: int, ckpt_every: int = 10**9, init_from: str = "", policy=SMALL,
-         max_minutes: float = 0.0) -> dict:  # fmt: skip
+         max_minutes: float = 0.0, init_std: float = 0.0) -> dict:  # fmt: skip
     task = TrackingConfig(num_threads=1)
     env = H1TrackingVecEnv(ref, 4, task, seed=0)
     run = RunConfig(total_steps=total, num_envs=4, progress=False, ckpt_every=ckpt_every, torch_threads=1,
-                    init_from=init_from, max_minutes=max_minutes)  # fmt: skip
+                    init_from=init_from, max_minutes=max_minutes, init_std=init_std)  # fmt: skip
     ppo = PPOConfig(n_steps=16, batch_size=32, n_epochs=2)
     record = {"policy": vars(policy), "env": dataclasses.asdict(task), "ppo": vars(ppo), "run": vars(run),
               "clips": list(ref.names), "command": COMMAND, "machine": "test-host x86_64"}  # fmt: skip
@@ -127,6 +127,16 @@ def test_a_new_run_starts_from_a_shipped_policy_and_carries_its_history_on(
     assert _run(walk, tmp_path / "more", 256, init_from=str(shipped))["num_timesteps"] == 256
     history = _config(tmp_path / "more" / "final")["history"]
     assert [(h["steps_from"], h["steps_to"]) for h in history] == [(0, 64), (64, 192), (192, 256)]
+    _run(walk, tmp_path / "calmer", 192, init_from=str(shipped), init_std=0.3)  # nothing to train: the start itself
+    c = load_file(str(tmp_path / "calmer" / "final" / "model.safetensors"))
+    assert a["log_std"].exp().min() > 0.5 and torch.allclose(c["log_std"].exp(), torch.full_like(a["log_std"], 0.3))
+    for k in set(a) - {"log_std"}:
+        torch.testing.assert_close(a[k], c[k], rtol=0, atol=0, msg=k)  # only the noise is reset
+    for bad in (-0.1, float("nan")):
+        with pytest.raises(ValueError, match="init_std"):
+            _run(walk, tmp_path / "bad", 256, init_from=str(shipped), init_std=bad)
+    with pytest.raises(ValueError, match="init_std"):  # nothing to reset without a source policy
+        _run(walk, tmp_path / "bad", 256, init_std=0.3)
     wider = PolicyConfig(embed_dim=8, conv_channels=8, token_features=16, net_arch=[48])
     with pytest.raises(CheckpointError, match="net_arch differ"):
         _run(walk, tmp_path / "wider", 256, init_from=str(shipped), policy=wider)
