@@ -18,8 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from envs.reference import ReferenceLibrary, theme_of
+from envs.reference import ReferenceLibrary, local_key_points, theme_of
+from envs.rewards import TerminationConfig, should_terminate, tracking_errors
 from envs.tracking import TrackingConfig, TrackingSim
+from motiontok.motion import forward_kinematics
+from motiontok.rotations import heading_of_mat, mat_to_quat, quat_to_mat, rot6d_to_mat, rot_z
 
 
 def spread_starts(ref: ReferenceLibrary, per_clip: int, seconds: float) -> tuple[np.ndarray, np.ndarray]:
@@ -77,11 +80,50 @@ def run_episodes(
     return out
 
 
-def summarize(result: dict[str, np.ndarray], clips: np.ndarray, ref: ReferenceLibrary, fps: float) -> dict[str, Any]:
-    """The evaluation JSON: overall and per LAFAN theme."""
+def decoded_pose_qpos(ref: ReferenceLibrary) -> np.ndarray:
+    """(S, 26) the robot posed exactly as the tokens decode at every reference step: the decoded root height,
+    swing (pitch and roll) and joint angles, on the true root's x, y and heading."""
+    heading = rot_z(heading_of_mat(quat_to_mat(ref.qpos[:, 3:7])))  # (S, 3, 3)
+    rot = heading @ rot6d_to_mat(ref.decoded_root[:, 1:7])  # (S, 3, 3)
+    return np.concatenate([ref.qpos[:, :2], ref.decoded_root[:, :1], mat_to_quat(rot), ref.decoded_joints], 1)
+
+
+def decoded_ceiling(
+    ref: ReferenceLibrary, starts: np.ndarray, max_steps: int, rule: TerminationConfig
+) -> dict[str, np.ndarray]:
+    """The fall rule applied, step by step and without physics, to the robot posed exactly as the tokens decode
+    (:func:`decoded_pose_qpos`), over the episodes of :func:`run_episodes` (from each start, up to ``max_steps``
+    or the clip's end): per episode ``fell`` and ``steps``. What a perfect follower of the tokens would score,
+    since the rule compares with the true reference and the tokens say where the hands and heels are only as well
+    as the decoder reconstructs them."""
+    qpos = decoded_pose_qpos(ref)  # (S, 26)
+    key_pos = forward_kinematics(qpos).key_pos  # (S, 13, 3)
+    prev = np.maximum(np.arange(ref.num_steps) - 1, np.repeat(ref.clip_start, ref.clip_len))  # (S,)
+    true = {"qpos": ref.qpos, "qvel": ref.qvel, "key_pos": ref.key_pos, "key_local": ref.key_local,
+            "key_vel": ref.key_pos - ref.key_pos[prev]}  # fmt: skip
+    posed = true | {"qpos": qpos, "key_pos": key_pos, "key_local": local_key_points(qpos, key_pos)}
+    bad = should_terminate(tracking_errors(posed, true), rule)  # (S,); the velocities do not enter the rule
+    clip_last = np.repeat(ref.clip_start + ref.clip_len - 1, ref.clip_len)  # (S,)
+    fell, steps = np.zeros(len(starts), bool), np.zeros(len(starts), np.int64)
+    for e, s in enumerate(starts):
+        end = min(s + max_steps, clip_last[s])  # the last step the episode reaches
+        hit = np.flatnonzero(bad[s + 1 : end + 1])
+        fell[e], steps[e] = len(hit) > 0, hit[0] + 1 if len(hit) else end - s
+    return {"fell": fell, "steps": steps}
+
+
+def summarize(
+    result: dict[str, np.ndarray],
+    clips: np.ndarray,
+    ref: ReferenceLibrary,
+    fps: float,
+    ceiling: dict[str, np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """The evaluation JSON: overall and per LAFAN theme; with ``ceiling`` (:func:`decoded_ceiling` of the same
+    episodes) also ``ceiling_success_rate`` and ``ceiling_mean_episode_s``."""
 
     def block(mask: np.ndarray) -> dict[str, Any]:
-        return {
+        out = {
             "success_rate": round(float(1.0 - result["fell"][mask].mean()), 4),
             "mean_episode_s": round(float(result["steps"][mask].mean() / fps), 3),
             "mpjpe_mm": round(float(1000 * result["key_err"][mask].mean()), 1),
@@ -89,6 +131,10 @@ def summarize(result: dict[str, np.ndarray], clips: np.ndarray, ref: ReferenceLi
             "clipped_action_share": round(float(result["clipped"][mask].mean()), 4),
             "episodes": int(mask.sum()),
         }
+        if ceiling is not None:
+            out["ceiling_success_rate"] = round(float(1.0 - ceiling["fell"][mask].mean()), 4)
+            out["ceiling_mean_episode_s"] = round(float(ceiling["steps"][mask].mean() / fps), 3)
+        return out
 
     themes = np.array([theme_of(ref.names[c]) for c in clips])
     per_theme = defaultdict(dict)

@@ -8,7 +8,9 @@ episode fails by the standard fall rule (envs.rewards.TerminationConfig: BeyondM
 was trained with.
 The JSON has success_rate (no fall), mean_episode_s, mpjpe_mm (key points relative to the pelvis, against the true
 reference), mpjpe_decoded_mm (against the tokens' decoded motion), clipped_action_share (mean-action
-components beyond [-1, 1], which the environment clips), per_theme and episodes.
+components beyond [-1, 1], which the environment clips), ceiling_success_rate and ceiling_mean_episode_s (the
+same rule applied, without physics, to the robot posed exactly as the tokens decode, over the same episodes: what
+a perfect follower of the tokens would score), per_theme and episodes.
 Exit status: 0 ok, 2 bad arguments, data or checkpoint (one line on stderr).
 """
 
@@ -23,7 +25,7 @@ import numpy as np
 import torch
 
 from control.lowlevel import load_actor, tracking_config
-from control.lowlevel_eval import run_episodes, spread_starts, summarize
+from control.lowlevel_eval import decoded_ceiling, run_episodes, spread_starts, summarize
 from envs.reference import load_reference
 from motiontok import MotionTokenizer
 from motiontok.data import PAPER_VAL_FILES
@@ -73,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = tracking_config({**env, "termination": {}})  # a fall is the standard rule's, whatever the policy trained with
     starts, clips = spread_starts(ref, args.episodes_per_clip, args.seconds)
     result = run_episodes(policy, ref, cfg, starts, record=0 if args.video else None)
-    summary = summarize(result, clips, ref, cfg.control_hz)
+    ceiling = decoded_ceiling(ref, starts, round(args.seconds * cfg.control_hz), cfg.termination)
+    summary = summarize(result, clips, ref, cfg.control_hz, ceiling)
     summary["checkpoint"] = str(args.checkpoint)
     summary["num_timesteps"] = config.get("num_timesteps")
     if args.video:
@@ -93,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{theme:>14}: success {s['success_rate']:.0%}  episode {s['mean_episode_s']:.2f} s  "
                 f"MPJPE {s['mpjpe_mm']:.0f} mm (decoded {s['mpjpe_decoded_mm']:.0f})  "
-                f"clipped {s['clipped_action_share']:.0%}  n={s['episodes']}"
+                f"clipped {s['clipped_action_share']:.0%}  n={s['episodes']}  "
+                f"(the tokens' ceiling: success {s['ceiling_success_rate']:.0%}, {s['ceiling_mean_episode_s']:.2f} s)"
             )
         print(
             f"{'all':>14}: success {summary['success_rate']:.0%}  episode {summary['mean_episode_s']:.2f} s  "

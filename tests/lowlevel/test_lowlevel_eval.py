@@ -12,11 +12,15 @@ import pytest
 import torch
 
 from control.lowlevel import PPOConfig, make_ppo, save_policy
-from control.lowlevel_eval import run_episodes, spread_starts, summarize
-from envs.reference import ReferenceLibrary
+from control.lowlevel_eval import decoded_ceiling, run_episodes, spread_starts, summarize
+from envs.reference import ReferenceLibrary, step_arrays
+from envs.rewards import TerminationConfig
 from envs.tracking import TrackingConfig
 from envs.vec_env import H1TrackingVecEnv
 from motiontok import robot
+from motiontok.features import clip_features
+from motiontok.motion import MotionClip
+from tests.conftest import synthetic_qpos
 from tests.lowlevel.conftest import SMALL
 
 pytestmark = pytest.mark.usefixtures("reference_cache")
@@ -29,6 +33,34 @@ def test_spread_starts_cover_each_clip(walk: ReferenceLibrary) -> None:
     assert (clips == 0).all()
     starts, _ = spread_starts(walk, 3, seconds=100.0)  # clip shorter than the horizon: everything starts at 0
     assert (starts == 0).all()
+
+
+def _exactly_decoded(frames: tuple[int, ...]) -> ReferenceLibrary:
+    """Clips whose "decoded" features are their true features: a perfect tokenizer."""
+    clips = [MotionClip(f"walk{i}_subject0", synthetic_qpos(n, seed=i), 30.0) for i, n in enumerate(frames)]
+    parts = [step_arrays(c, np.zeros((c.num_frames // 32, 64), np.int64), clip_features(c), 100.0) for c in clips]
+    return ReferenceLibrary.from_parts([c.name for c in clips], parts, "exact", 1024, 100.0)
+
+
+def test_decoded_ceiling_finds_the_first_step_the_decoded_pose_breaks_the_rule() -> None:
+    ref = _exactly_decoded((64, 96))
+    starts = np.array([0, 50, 150, ref.clip_start[1] + 10])
+    first = decoded_ceiling(ref, starts, 100, TerminationConfig())
+    assert not first["fell"].any()  # the true pose never breaks the rule
+    ends = [100, 100, ref.clip_len[0] - 1 - 150, 100]  # the horizon, or the clip's last step
+    np.testing.assert_array_equal(first["steps"], ends)
+    k = 120  # from step 120 of clip 0 on, the decoded pelvis is 0.3 m too high (the rule allows 0.25)
+    ref.decoded_root[k : ref.clip_len[0], 0] += 0.3
+    tilted = decoded_ceiling(ref, starts, 100, TerminationConfig())
+    raised = set(range(k, ref.clip_len[0]))
+    expect = []  # brute force: the first step after the start inside the raised span, else the end as before
+    for s, e in zip(starts, ends, strict=True):
+        hit = [j for j in range(s + 1, s + e + 1) if j in raised]
+        expect.append((True, hit[0] - s) if hit else (False, e))
+    np.testing.assert_array_equal(tilted["fell"], [f for f, _ in expect])
+    np.testing.assert_array_equal(tilted["steps"], [n for _, n in expect])
+    loose = decoded_ceiling(ref, starts, 100, TerminationConfig(root_height=0.35, end_effector_height=0.35))
+    assert not loose["fell"].any()  # the raised pelvis lifts the heels too: both rules must allow 0.3 m
 
 
 def test_evaluation_counts_falls_and_errors(stand: ReferenceLibrary, walk: ReferenceLibrary) -> None:
