@@ -93,7 +93,7 @@ class TokenExecutor:
         features = feat.clip_features(MotionClip("robot", qpos, self.tokenizer.fps))
         return features[2:], qpos[2:], forward_kinematics(qpos[2:]).com
 
-    @torch.no_grad()
+    @torch.inference_mode()  # the 100 Hz loop: no autograd bookkeeping at all
     def execute(self, plan, restart_on_fall: bool = False) -> tuple[np.ndarray, bool]:
         """Run one planned window; returns the robot's qpos (S, 26) over it and whether it fell. A fall ends the
         window, or with ``restart_on_fall`` (benchmarks) puts the robot back on the plan's first frame."""

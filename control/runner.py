@@ -126,6 +126,7 @@ class Planner:
         self.sampling = {"temperature": temperature, "top_k": top_k, "guidance": guidance}
         self.generator = torch.Generator(self.device).manual_seed(seed)
 
+    @torch.inference_mode()  # its tensors end as numpy arrays; ~10% faster than no_grad per token (bench)
     def plan(self, features: np.ndarray, qpos: np.ndarray, com: np.ndarray) -> Plan:
         """The next window after a motion given by its last PAST frames: features (P, 127), qpos (P, 26) and
         COM (P, 3, world), at the tokenizer's rate."""

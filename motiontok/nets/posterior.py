@@ -223,17 +223,22 @@ class ARPosterior(Posterior):
     def _sample_guided(
         self, memory: Tensor, greedy: bool, temperature: float, generator: torch.Generator | None, top_k: int, w: float
     ) -> Tensor:
-        """Classifier-free guided decoding (see :meth:`sample`): memory (2B, M, H) -> tokens (B, T)."""
+        """Classifier-free guided decoding (see :meth:`sample`): memory (2B, M, H) -> tokens (B, T). The head is
+        affine, so uncond + w (cond - uncond) of the logits is the head of the same mix of the hidden states:
+        one (B, H) mix and a B-row head per step instead of a 2B-row head and three (B, V) operations."""
         if memory.shape[0] % 2:
             raise ValueError("guided sampling needs 2B memory rows: B conditional, then B unconditional")
         B2, T = memory.shape[0], self.block_size
         cache = self.decoder.new_cache(memory, T, B2)
+        position = self._skip(self.pos_emb[:T].repeat(B2, 1, 1), memory, 0)  # (2B, T, H): every step's non-token input
+        tok_table, head_w, head_b = self.tok_emb.weight, self.head.weight, self.head.bias
         tokens = torch.empty(B2 // 2, T, dtype=torch.long, device=memory.device)  # (B, T)
         tok = torch.full((B2,), self.bos, dtype=torch.long, device=memory.device)  # (2B,)
         for t in range(T):
-            x = self._skip((self.tok_emb(tok) + self.pos_emb[t]).unsqueeze(1), memory, t)  # (2B, 1, H)
-            cond, uncond = self.head(self.decoder.step(x, memory, cache)[:, 0]).chunk(2)  # (B, V) each
-            tokens[:, t] = sample_categorical(uncond + w * (cond - uncond), greedy, temperature, generator, top_k)
+            x = (F.embedding(tok, tok_table) + position[:, t]).unsqueeze(1)  # (2B, 1, H)
+            cond, uncond = self.decoder.step(x, memory, cache)[:, 0].chunk(2)  # (B, H) each
+            logits = F.linear(torch.lerp(uncond, cond, w), head_w, head_b)  # (B, V) = uncond + w (cond - uncond)
+            tokens[:, t] = sample_categorical(logits, greedy, temperature, generator, top_k)
             tok = tokens[:, t].repeat(2)
         return tokens
 
