@@ -66,6 +66,9 @@ class PPOConfig:
     adaptive_kl: float | None = 0.01
     """Keep each update's KL divergence near this by adapting the learning rate (rsl_rl's rule: /1.5 above twice
     the target, x1.5 below half of it, within [1e-5, 1e-2]); None = constant ``learning_rate``."""
+    bounds_coef: float = 0.0
+    """Weight of the loss on action means beyond the [-1, 1] clip
+    (:func:`control.lowlevel_policy.bounds_penalty`; 0 = off; not with gSDE)."""
 
 
 class KLAdaptiveLR:
@@ -93,6 +96,8 @@ class TrackingPPO(PPO):
         super().train()
         if isinstance(self.lr_schedule, KLAdaptiveLR):
             self.lr_schedule.update(float(self.logger.name_to_value["train/approx_kl"]))
+        if self.policy.bounds_coef > 0.0:
+            self.logger.record("train/bounds_penalty", self.policy.last_bounds_penalty)  # its last minibatch
         obs = self.rollout_buffer.observations  # (n_steps, N, obs): the rollout just trained on
         self.policy.update_normalizers(torch.as_tensor(obs.reshape(-1, obs.shape[-1]), device=self.device))
 
@@ -118,6 +123,9 @@ def make_ppo(
     """PPO with the token policy on ``env``."""
     kwargs = dataclasses.asdict(ppo)
     adaptive = kwargs.pop("adaptive_kl")
+    bounds_coef = kwargs.pop("bounds_coef")
+    if bounds_coef < 0.0 or (bounds_coef > 0.0 and policy.use_sde):
+        raise ValueError(f"ppo.bounds_coef must be >= 0 and needs Gaussian (not gSDE) actions, got {bounds_coef}")
     model = TrackingPPO(
         TokenActorCriticPolicy,
         env,
@@ -131,6 +139,7 @@ def make_ppo(
     )
     if adaptive is not None:
         model.lr_schedule = KLAdaptiveLR(ppo.learning_rate, adaptive)
+    model.policy.bounds_coef = bounds_coef
     return model
 
 

@@ -153,9 +153,24 @@ class CriticFeatures(BaseFeaturesExtractor):
         return self.net(x if self.norm is None else self.norm(x))
 
 
+def bounds_penalty(mean: Tensor, bound: float = 1.0) -> Tensor:
+    """Mean over the rows (B, A) of sum_j relu(|mean_j| - bound)^2: how far the Gaussian's means lie beyond the
+    action clip. Beyond the clip a mean no longer changes what the robot does, so PPO's noisy gradient lets it
+    drift (and its samples are clipped too: no exploration left on that joint); this loss pulls it back."""
+    return torch.relu(mean.abs() - bound).square().sum(-1).mean()
+
+
 class TokenActorCriticPolicy(ActorCriticPolicy):
     """SB3 actor-critic with :class:`TokenFeatures` for the actor and :class:`CriticFeatures` for the critic.
-    Pass ``features_extractor_kwargs=dict(layout=..., vocab_size=...)``."""
+    Pass ``features_extractor_kwargs=dict(layout=..., vocab_size=...)``.
+
+    ``bounds_coef`` > 0 adds ``bounds_coef * bounds_penalty(mean)`` to PPO's loss (set by
+    :func:`control.lowlevel.make_ppo`). SB3's ``PPO.train`` has no place for another loss term, so the term's
+    gradient is added where the loss's gradient reaches the action means, by a hook on them: the same update as the
+    summed loss (tested against autograd)."""
+
+    bounds_coef: float = 0.0
+    last_bounds_penalty: float = 0.0
 
     def __init__(self, *args: Any, **kwargs: Any):
         kwargs["features_extractor_class"] = TokenFeatures
@@ -167,6 +182,16 @@ class TokenActorCriticPolicy(ActorCriticPolicy):
         layout, normalize = self.features_extractor_kwargs["layout"], self.features_extractor_kwargs.get("normalize")
         self.vf_features_extractor = CriticFeatures(self.observation_space, layout, self.features_dim, bool(normalize))
         super()._build(lr_schedule)
+
+    def _get_action_dist_from_latent(self, latent_pi: Tensor) -> Any:
+        dist = super()._get_action_dist_from_latent(latent_pi)
+        if self.bounds_coef > 0.0 and torch.is_grad_enabled():
+            mean = dist.distribution.mean  # (B, A): the tensor log_prob reads
+            m = mean.detach()
+            self.last_bounds_penalty = float(bounds_penalty(m))
+            extra = self.bounds_coef * 2.0 * torch.relu(m.abs() - 1.0) * m.sign() / len(m)  # d(coef * penalty)/d mean
+            mean.register_hook(lambda grad: grad + extra)
+        return dist
 
     @torch.no_grad()
     def update_normalizers(self, obs: Tensor) -> None:

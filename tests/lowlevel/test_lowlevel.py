@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from control.lowlevel import KLAdaptiveLR, PolicyConfig, PPOConfig, load_actor, make_ppo, save_policy
-from control.lowlevel_policy import ObsNorm, PatchConv1d
+from control.lowlevel_policy import ObsNorm, PatchConv1d, bounds_penalty
 from control.lowlevel_train import RunConfig, train_lowlevel
 from envs.reference import ReferenceLibrary
 from envs.tracking import TrackingConfig, TrackingSim
@@ -139,6 +139,41 @@ def test_normalized_policy_takes_in_each_rollout_after_its_update_and_round_trip
     torch.testing.assert_close(actor.mean_action(obs), model.policy.mean_action(obs))
     plain = make_ppo(env, env.sim.layout, walk.vocab_size, SMALL, PPOConfig(n_steps=8, batch_size=32), seed=0)
     assert not any("norm" in k for k in plain.policy.state_dict())  # older checkpoints keep loading
+    env.close()
+
+
+def test_bounds_loss_enters_the_update_as_a_summed_loss_term(walk: ReferenceLibrary) -> None:
+    """With ``ppo.bounds_coef`` the gradient of any loss through ``evaluate_actions`` (SB3's PPO path) equals the
+    gradient of that loss plus coef * bounds_penalty(mean) (autograd on the explicit sum); means inside the clip
+    add nothing; the penalty itself matches a brute-force loop."""
+    env = H1TrackingVecEnv(walk, 4, TrackingConfig(num_threads=1))
+    coef = 0.3
+    model = make_ppo(env, env.sim.layout, walk.vocab_size, SMALL, PPOConfig(bounds_coef=coef), seed=0)
+    policy = model.policy
+    with torch.no_grad():  # push the means beyond the clip on some joints: a large bias
+        policy.action_net.bias.copy_(torch.linspace(-3.0, 3.0, robot.NUM_JOINTS))
+    obs = torch.as_tensor(env.reset())  # (4, obs)
+    actions = torch.randn(4, robot.NUM_JOINTS, generator=torch.Generator().manual_seed(0))
+
+    def grads(hooked: bool) -> list[torch.Tensor]:
+        policy.bounds_coef = coef if hooked else 0.0
+        policy.zero_grad()
+        _, log_prob, _ = policy.evaluate_actions(obs, actions)
+        loss = -log_prob.mean()
+        if not hooked:
+            loss = loss + coef * bounds_penalty(policy.get_distribution(obs).distribution.mean)
+        loss.backward()
+        return [p.grad.clone() for p in policy.parameters() if p.grad is not None]
+
+    for hooked, explicit in zip(grads(True), grads(False), strict=True):
+        torch.testing.assert_close(hooked, explicit)
+    mean = torch.tensor([[0.5, -1.5, 2.0], [-0.2, 1.0, -3.0]])
+    brute = sum(max(abs(v) - 1.0, 0.0) ** 2 for row in mean.tolist() for v in row) / 2
+    assert float(bounds_penalty(mean)) == pytest.approx(brute)  # 0.25 + 1 + 4, over 2 rows
+    assert float(bounds_penalty(mean.clamp(-1, 1))) == 0.0
+    with pytest.raises(ValueError, match="bounds_coef"):
+        make_ppo(env, env.sim.layout, walk.vocab_size, dataclasses.replace(SMALL, use_sde=True),
+                 PPOConfig(bounds_coef=coef), seed=0)  # fmt: skip
     env.close()
 
 
