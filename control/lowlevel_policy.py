@@ -153,7 +153,11 @@ class CriticFeatures(BaseFeaturesExtractor):
         return self.net(x if self.norm is None else self.norm(x))
 
 
-def bounds_penalty(mean: Tensor, bound: float = 1.0) -> Tensor:
+ACTION_CLIP = 1.0
+"""The environment clips every action component to [-ACTION_CLIP, ACTION_CLIP] (times its action scale)."""
+
+
+def bounds_penalty(mean: Tensor, bound: float = ACTION_CLIP) -> Tensor:
     """Mean over the rows (B, A) of sum_j relu(|mean_j| - bound)^2: how far the Gaussian's means lie beyond the
     action clip. Beyond the clip a mean no longer changes what the robot does, so PPO's noisy gradient lets it
     drift (and its samples are clipped too: no exploration left on that joint); this loss pulls it back."""
@@ -189,7 +193,8 @@ class TokenActorCriticPolicy(ActorCriticPolicy):
             mean = dist.distribution.mean  # (B, A): the tensor log_prob reads
             m = mean.detach()
             self.last_bounds_penalty = float(bounds_penalty(m))
-            extra = self.bounds_coef * 2.0 * torch.relu(m.abs() - 1.0) * m.sign() / len(m)  # d(coef * penalty)/d mean
+            excess = torch.relu(m.abs() - ACTION_CLIP)  # (B, A)
+            extra = self.bounds_coef * 2.0 * excess * m.sign() / len(m)  # d(coef * penalty) / d mean
             mean.register_hook(lambda grad: grad + extra)
         return dist
 
