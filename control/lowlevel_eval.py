@@ -20,7 +20,7 @@ import torch
 
 from envs.reference import ReferenceLibrary, local_key_points, theme_of
 from envs.rewards import TerminationConfig, should_terminate, tracking_errors
-from envs.tracking import TrackingConfig, TrackingSim
+from envs.tracking import ACTION_CLIP, TrackingConfig, TrackingSim
 from motiontok.motion import forward_kinematics
 from motiontok.rotations import heading_of_mat, mat_to_quat, quat_to_mat, rot6d_to_mat, rot_z
 
@@ -57,7 +57,7 @@ def run_episodes(
             frames_robot.append(sim.qpos[record].copy())
             frames_ref.append(ref.qpos[sim.idx[record]].copy())
         action = policy.mean_action(torch.as_tensor(obs)).numpy()  # (N, 19), unclipped
-        clipped += np.where(alive, (np.abs(action) > 1.0).mean(-1), 0.0)
+        clipped += np.where(alive, (np.abs(action) > ACTION_CLIP).mean(-1), 0.0)
         _, _, terminated, truncated = sim.step(action)
         key_local = sim.robot_state()["key_local"]
         dec = np.linalg.norm(key_local - ref.decoded_key_local[sim.idx], axis=-1).mean(-1)

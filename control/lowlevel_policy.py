@@ -20,6 +20,8 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import Tensor, nn
 
+from envs.tracking import ACTION_CLIP
+
 Layout = dict[str, Any]  # ObsLayout.as_dict(): block name -> (start, stop) or None
 
 
@@ -151,10 +153,6 @@ class CriticFeatures(BaseFeaturesExtractor):
     def forward(self, obs: Tensor) -> Tensor:
         x = self.inputs(obs)
         return self.net(x if self.norm is None else self.norm(x))
-
-
-ACTION_CLIP = 1.0
-"""The environment clips every action component to [-ACTION_CLIP, ACTION_CLIP] (times its action scale)."""
 
 
 def bounds_penalty(mean: Tensor, bound: float = ACTION_CLIP) -> Tensor:

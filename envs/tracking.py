@@ -40,6 +40,8 @@ from envs.rewards import RewardConfig, TerminationConfig, reward_terms, terminat
 from motiontok import robot
 
 ACTION_MODES = ("pd_offset", "pd", "torque")
+ACTION_CLIP = 1.0
+"""Every action component is clipped to [-ACTION_CLIP, ACTION_CLIP] (then times its ``action_scale``)."""
 GAINS: dict[str, tuple[float, float]] = {
     "hip": (200.0, 5.0),
     "knee": (300.0, 6.0),
@@ -288,7 +290,7 @@ class TrackingSim:
             raise ValueError(f"actions must have shape ({self.num_envs}, {robot.NU}), got {action.shape}")
         if not np.isfinite(action).all():
             raise ValueError("actions contain NaN or inf")
-        action = np.clip(action, -1.0, 1.0)
+        action = np.clip(action, -ACTION_CLIP, ACTION_CLIP)
         self.ctrl[:] = self._targets(action)
         self.key_prev[:] = self.key_pos
         if self.assist > 0.0:

@@ -18,14 +18,14 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from envs.observations import ObsLayout
 from envs.reference import ReferenceLibrary
-from envs.tracking import TrackingConfig, TrackingSim
+from envs.tracking import ACTION_CLIP, TrackingConfig, TrackingSim
 from motiontok import robot
 
 
 def spaces(layout: ObsLayout) -> tuple[gym.spaces.Box, gym.spaces.Box]:
     """Observation and action spaces of the tracking task."""
     obs_space = gym.spaces.Box(-np.inf, np.inf, (layout.size,), np.float32)
-    act_space = gym.spaces.Box(-1.0, 1.0, (robot.NU,), np.float32)
+    act_space = gym.spaces.Box(-ACTION_CLIP, ACTION_CLIP, (robot.NU,), np.float32)
     return obs_space, act_space
 
 
