@@ -102,10 +102,9 @@ def decoded_ceiling(
     true = {"qpos": ref.qpos, "qvel": ref.qvel, "key_pos": ref.key_pos, "key_local": ref.key_local, "key_vel": still}
     posed = true | {"qpos": qpos, "key_pos": key_pos, "key_local": local_key_points(qpos, key_pos)}
     bad = should_terminate(tracking_errors(posed, true), rule)  # (S,)
-    clip_last = np.repeat(ref.clip_start + ref.clip_len - 1, ref.clip_len)  # (S,)
     fell, steps = np.zeros(len(starts), bool), np.zeros(len(starts), np.int64)
     for e, s in enumerate(starts):
-        end = min(s + max_steps, clip_last[s])  # the last step the episode reaches
+        end = min(s + max_steps, ref.clip_last[s])  # the last step the episode reaches
         hit = np.flatnonzero(bad[s + 1 : end + 1])
         fell[e], steps[e] = len(hit) > 0, hit[0] + 1 if len(hit) else end - s
     return {"fell": fell, "steps": steps}

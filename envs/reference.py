@@ -15,6 +15,7 @@ A clip keeps only its whole windows (``32 * (T // 32)`` frames); a clip shorter 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -80,6 +81,16 @@ class ReferenceLibrary:
     @property
     def num_steps(self) -> int:
         return len(self.qpos)
+
+    @functools.cached_property
+    def clip_first(self) -> np.ndarray:
+        """(S,) the first step of each step's clip."""
+        return np.repeat(self.clip_start, self.clip_len)
+
+    @functools.cached_property
+    def clip_last(self) -> np.ndarray:
+        """(S,) the last step of each step's clip."""
+        return np.repeat(self.clip_start + self.clip_len - 1, self.clip_len)
 
     @property
     def themes(self) -> tuple[str, ...]:

@@ -174,9 +174,7 @@ class TrackingSim:
 
     def _index_reference(self) -> None:
         ref = self.ref
-        last = ref.clip_start + ref.clip_len - 1  # (C,)
-        self.clip_last = np.repeat(last, ref.clip_len)  # (S,) last step of each step's clip
-        self.clip_first = np.repeat(ref.clip_start, ref.clip_len)  # (S,)
+        self.clip_last, self.clip_first = ref.clip_last, ref.clip_first  # (S,) each
         self.valid_starts = np.flatnonzero(np.arange(ref.num_steps) < self.clip_last)  # not a clip's last step
 
     def follow(self, ref: ReferenceLibrary) -> None:

@@ -56,6 +56,10 @@ def test_reference_windows_and_phase_match_the_tokenizer(ref: ReferenceLibrary, 
     np.testing.assert_allclose(ref.decoded_joints[t], decoded[3, feat.FEATURE_SLICES["joint_pos"]], atol=1e-6)
     # second clip's windows index its own rows of the token table
     assert ref.window[ref.clip_start[1]] == 3
+    for step in range(ref.num_steps):  # each step's clip bounds, by brute force over the clips
+        bounds = zip(ref.clip_start, ref.clip_len, strict=True)
+        first, last = next((a, a + n - 1) for a, n in bounds if a <= step < a + n)
+        assert (ref.clip_first[step], ref.clip_last[step]) == (first, last)
 
 
 def test_reference_errors(tokenizer: MotionTokenizer, tmp_path) -> None:
