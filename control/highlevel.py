@@ -19,6 +19,7 @@ forcing with cross-entropy (:class:`DistillationObjective`).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,16 @@ windows per theme from a standing start): on the base policy theme faithfulness 
 0.31-0.32 at 3, 0.42-0.44 at 5, 0.43 at 8 (two seed sets), the COM goal error 0.17-0.19 m at 1 and 0.20-0.22 m at 5;
 on the shipped fine-tune 0.63 at both 5 and 8, with more COM error and MPJPE at 8
 (assets/checkpoints/highlevel_h1/README.md)."""
+
+
+def add_guidance_argument(parser: argparse.ArgumentParser) -> None:
+    """The ``--guidance`` option of every script that samples the policy, with :data:`DEFAULT_GUIDANCE` as default."""
+    parser.add_argument(
+        "--guidance",
+        type=float,
+        default=DEFAULT_GUIDANCE,
+        help="classifier-free guidance weight on the text: 1 = off, higher follows it more (default: %(default)s)",
+    )
 
 
 @dataclass

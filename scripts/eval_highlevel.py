@@ -18,7 +18,7 @@ from motiontok.data import PAPER_VAL_FILES
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from control.highlevel import DEFAULT_GUIDANCE
+    from control.highlevel import add_guidance_argument
 
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
@@ -32,12 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--val-files", nargs="+", default=list(PAPER_VAL_FILES), help="validation file stems")
     p.add_argument("--texts-per-theme", type=int, default=3, help="paraphrases per theme for faithfulness")
     p.add_argument("--windows", type=int, default=15, help="windows generated per text (from a standing start)")
-    p.add_argument(
-        "--guidance",
-        type=float,
-        default=DEFAULT_GUIDANCE,
-        help="classifier-free guidance weight of the sampled windows (1 = off; default: run_policy.py's, %(default)s)",
-    )
+    add_guidance_argument(p)
     p.add_argument(
         "--judge",
         type=Path,

@@ -32,7 +32,7 @@ DEFAULT_LOWLEVEL = Path(__file__).resolve().parent.parent / "assets" / "checkpoi
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from control.highlevel import DEFAULT_GUIDANCE
+    from control.highlevel import add_guidance_argument
 
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
@@ -50,12 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--temperature", type=float, default=1.0, help="token sampling temperature; 0 = greedy")
     p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely codes (0 = all)")
-    p.add_argument(
-        "--guidance",
-        type=float,
-        default=DEFAULT_GUIDANCE,
-        help="classifier-free guidance weight on the text: 1 = off, higher follows it more (default: %(default)s)",
-    )
+    add_guidance_argument(p)
     p.add_argument("--kinematic", action="store_true", help="IK playback of the decoded motion, no physics")
     p.add_argument("--video", type=Path, metavar="OUT.mp4", help="write a video of the robot (320x240, 15 fps)")
     p.add_argument("--viewer", action="store_true", help="play the result in MuJoCo's interactive viewer")
