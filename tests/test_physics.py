@@ -133,10 +133,6 @@ def test_physics_refuses_a_policy_of_another_tokenizer(
     assert code == 2 and "trained on the tokens of tokenizer" in err, err
 
 
-if __name__ == "__main__":
-    sys.exit(pytest.main([__file__, "-q"]))
-
-
 def test_shipped_lowlevel_policy_loads_with_the_shipped_tokenizer(tokenizer: MotionTokenizer) -> None:
     """The shipped policy's tokenizer fingerprint is the shipped tokenizer's, and it acts on a plan's reference."""
     shipped = Path(__file__).resolve().parent.parent / "assets" / "checkpoints" / "lowlevel_h1"
@@ -177,3 +173,7 @@ def test_a_fall_ends_the_window_unless_restarting(tokenizer: MotionTokenizer, lo
     assert fell and len(states) == restart.reference(plan).num_steps
     stop.close()
     restart.close()
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
